@@ -1,0 +1,171 @@
+"""The ``delivery`` command line.
+
+Engine commands (``transform``, ``generate``, ``demo``) import the
+transformers lazily, so the client half of this package stays light. Every
+failure ends as one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from delivery.errors import DeliveryError
+from delivery.policy import SourcePolicy, is_local
+from delivery.selection import parse_selection
+
+__all__ = ["main"]
+
+DEMO_SELECTION = [{
+    "treename": "Events",
+    "expressions": ["run", "event", "MET_pt", "Muon_pt", "Muon_eta", "Muon_phi", "Muon_charge",
+                    "Muon_pt * cosh(Muon_eta)", "count(Jet_pt > 30)"],
+    "cut": "count(Muon_pt > 20) >= 2 & (MET_pt < 200)",
+}]  # fmt: skip
+
+
+def _read_selection(text: str) -> Any:
+    if text.startswith("@"):
+        try:
+            return Path(text[1:]).read_text()
+        except OSError as err:
+            raise DeliveryError(f"cannot read selection file {text[1:]!r}: {err.strerror}") from None
+    return text
+
+
+def _policy(inputs: Sequence[str]) -> SourcePolicy:
+    # A physicist's own command line may read the local files it names, unless the
+    # operator configured roots; a service always configures them.
+    local = [os.path.dirname(os.path.realpath(p.split("|")[0].removeprefix("file://")))
+             for p in inputs if is_local(p.split("|")[0])]
+    return SourcePolicy.from_env(default_roots=local)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    headers = ["input", "events in", "events out", "bytes", "seconds", "status"]
+    body = [[r["input"], f"{r['events_in']:,}", f"{r['events_out']:,}", f"{r['bytes']:,}",
+             f"{r['seconds']:.2f}", r["error"] or "ok"] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    return "\n".join([line] + ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True))
+                               for b in body])
+
+
+def cmd_transform(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from transformers.run import TransformOptions, run_file
+
+    selection = parse_selection(_read_selection(args.selection))
+    policy = _policy(args.inputs)
+    options = TransformOptions(format=args.format, step_bytes=int(args.step_mb * 2**20),
+                               numba=not args.no_numba)
+    rows = []
+    for spec in args.inputs:
+        replicas = spec.split("|")
+        result = run_file(replicas, selection, args.output, policy=policy,
+                          request_id=args.request_id, options=options)
+        rows.append(asdict(result))
+        if result.error:
+            print(f"error: {result.input}: {result.error}", file=sys.stderr)
+    print(json.dumps(rows, indent=2) if args.json else _table(rows))
+    return 1 if any(r["error"] for r in rows) else 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from transformers.generate import generate
+
+    summary = generate(args.output, args.events, layout=args.layout, codec=args.codec,
+                       level=args.level, seed=args.seed, basket_entries=args.basket_entries)
+    print(f"wrote {summary.path}: {summary.n_events:,} events, {summary.n_branches} branches, "
+          f"{summary.layout}, {summary.codec}, {summary.n_bytes / 1e6:.1f} MB "
+          f"in {summary.seconds:.1f} s")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import awkward as ak
+
+    from transformers.generate import generate
+    from transformers.run import run_file
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="delivery-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = workdir / "nanoaod-like.root"
+    if not source.exists():
+        print(f"generating {args.events:,} NanoAOD-like events into {source} ...")
+        generate(source, args.events, layout="ttree", codec="ZSTD")
+    selection = parse_selection(DEMO_SELECTION)
+    print("selection:", json.dumps(DEMO_SELECTION[0]))
+    result = run_file(str(source), selection, workdir / "out",
+                      policy=SourcePolicy.create([workdir]))
+    if result.error:
+        print(f"error: {result.error}", file=sys.stderr)
+        return 1
+    events = ak.from_parquet(result.output)
+    print(f"transformed {result.events_in:,} events -> {result.events_out:,} passing the cut "
+          f"in {result.seconds:.2f} s ({result.events_in / result.seconds:,.0f} events/s)")
+    print(f"output: {result.output} ({result.bytes / 1e6:.2f} MB parquet)")
+    print("time split (s):", ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
+    print(f"columns: {', '.join(events.fields)}")
+    if len(events):
+        lead = ak.max(events["Muon_pt"], axis=1)
+        print(f"leading muon pt: mean {ak.mean(lead):.1f} GeV; "
+              f"mean jets with pt > 30: {ak.mean(events['count(Jet_pt > 30)']):.2f}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    from delivery import __version__
+
+    p = argparse.ArgumentParser(prog="delivery", description="Columnar data delivery for HEP.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("transform", help="run the worker's transform on local or remote files")
+    t.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="path or URL (root://, https://, s3://); 'a|b' lists replicas")
+    t.add_argument("--selection", required=True, help="uproot-raw selection JSON, or @file")
+    t.add_argument("--format", default="parquet", choices=["parquet", "arrow", "root-file"])
+    t.add_argument("--output", required=True, help="output directory")
+    t.add_argument("--request-id", default="local", help="names outputs (default: local)")
+    t.add_argument("--step-mb", type=float, default=64.0, help="memory per read step")
+    t.add_argument("--no-numba", action="store_true", help="evaluate cuts with awkward only")
+    t.add_argument("--json", action="store_true", help="print results as JSON")
+    t.set_defaults(func=cmd_transform)
+
+    g = sub.add_parser("generate", help="write a NanoAOD-like ROOT file")
+    g.add_argument("output")
+    g.add_argument("--events", type=int, default=100_000)
+    g.add_argument("--layout", default="ttree", choices=["ttree", "rntuple"])
+    g.add_argument("--codec", default="ZSTD", choices=["ZLIB", "LZ4", "ZSTD", "LZMA", "NONE"])
+    g.add_argument("--level", type=int, default=None)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--basket-entries", type=int, default=10_000)
+    g.set_defaults(func=cmd_generate)
+
+    d = sub.add_parser("demo", help="generate a file and transform it on this machine")
+    d.add_argument("--events", type=int, default=200_000)
+    d.add_argument("--workdir", default=None)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except DeliveryError as err:
+        print(f"error: {err.reason}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
