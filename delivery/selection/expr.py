@@ -214,7 +214,9 @@ class _Translator:
 
     def _call(self, node: ast.Call, d: int) -> Expr:
         if not isinstance(node.func, ast.Name):
+            self(node.func, d)  # names the real offence (lambda, attribute, ...) if there is one
             raise _error(node, self.field, "only calls of the listed functions are allowed")
+        _check_identifier(node.func.id, node.func, self.field)
         name = _SYNONYMS.get(node.func.id, node.func.id)
         if name not in FUNCTIONS:
             raise _error(
