@@ -169,3 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as err:  # a bug of ours: still one line, the trace on request
+        if os.environ.get("DELIVERY_DEBUG"):
+            raise
+        print(f"error: internal error ({type(err).__name__}: {err}); "
+              "set DELIVERY_DEBUG=1 for the trace", file=sys.stderr)
+        return 70
