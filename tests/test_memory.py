@@ -16,10 +16,12 @@ import json, resource, sys
 from delivery.policy import SourcePolicy
 from delivery.selection import parse_selection
 from transformers.run import TransformOptions, transform_file
+from transformers.sinks import ParquetOptions
 path, out = sys.argv[1], sys.argv[2]
 sel = parse_selection([{"treename": "Events", "cut": "count(Muon_pt > 5) >= 1"}])
 r = transform_file(path, sel, out, policy=SourcePolicy.create([sys.argv[3]]),
-                   options=TransformOptions(step_bytes=16 * 2**20))
+                   options=TransformOptions(step_bytes=16 * 2**20,
+                                           parquet=ParquetOptions(row_group_bytes=16 * 2**20)))
 print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "events_out": r.events_out}))
 """
@@ -37,9 +39,10 @@ def test_peak_rss_does_not_grow_with_the_file(tmp_path: Path) -> None:
     generate(small, 150_000, codec="LZ4")
     generate(large, 900_000, codec="LZ4")
     # All ~70 branches of 900k events are ~600 MB uncompressed: reading the file whole
-    # would add hundreds of MB over the small file. Streaming in 16 MB steps must not.
+    # adds ~2 GB of peak RSS over the small file (measured). Streaming in 16 MB steps,
+    # with 16 MB row groups, must add next to nothing.
     uncompressed_mb = 680 * 900_000 / 1e6
     a, b = _peak(small, tmp_path), _peak(large, tmp_path)
     assert b["events_out"] > 5 * a["events_out"] > 0
     growth = b["rss_mb"] - a["rss_mb"]
-    assert growth < 0.15 * uncompressed_mb, (a, b)
+    assert growth < 0.08 * uncompressed_mb, (a, b)
