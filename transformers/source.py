@@ -9,6 +9,7 @@ decides once, for the whole engine, whether it is permanent or transient.
 from __future__ import annotations
 
 import errno
+import os
 import re
 import zlib
 from collections.abc import Sequence
@@ -21,13 +22,17 @@ from delivery.policy import SourcePolicy, is_local
 
 __all__ = ["open_input", "classify"]
 
+# XRootD checks its time-outs every 15 s by default, so a 3 s time-out took 15 s.
+# This must be set before the XRootD client first loads; an operator's value wins.
+os.environ.setdefault("XRD_TIMEOUTRESOLUTION", "1")
+
 _TRANSIENT_ERRNO = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH,
                     errno.ENETUNREACH, errno.EPIPE, errno.ECONNABORTED, errno.EAGAIN}  # fmt: skip
 # XRootD status codes that mean "this file will never be readable here".
 _XRD_PERMANENT = re.compile(r"\[(3011|3010|3013|3016)\]|no such file|not found|permission denied",
                             re.IGNORECASE)
 _NETWORK_WORDS = re.compile(
-    r"timed? ?out|connection (reset|refused|aborted|closed)|socket|temporarily unavailable|"
+    r"timed? ?out|expired|connection (reset|refused|aborted|closed)|socket|temporarily unavailable|"
     r"server disconnected|cannot connect|broken pipe|\[FATAL\]",
     re.IGNORECASE,
 )
@@ -70,7 +75,14 @@ def classify(exc: BaseException, where: str) -> DeliveryError:
 
 def _open_one(url: str, policy: SourcePolicy, timeout: float) -> Any:
     target = policy.check(url)
-    options: dict[str, Any] = {"timeout": timeout}
+    options: dict[str, Any] = {}
+    scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
+    if scheme == "s3":
+        # s3fs takes its time-outs through botocore; credentials and endpoint come from
+        # the standard AWS_* environment, so none are passed around in code.
+        options["config_kwargs"] = {"connect_timeout": timeout, "read_timeout": timeout}
+    else:
+        options["timeout"] = max(int(timeout), 1)  # XRootD wants whole seconds
     if not is_local(url):
         # Ask uproot for fsspec explicitly so root://, http(s):// and s3:// share one path.
         options["handler"] = uproot.source.fsspec.FSSpecSource

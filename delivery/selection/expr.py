@@ -20,7 +20,7 @@ from __future__ import annotations
 import ast
 import math
 from dataclasses import dataclass
-from typing import Union
+from typing import TypeAlias
 
 from delivery.errors import SelectionError
 
@@ -81,7 +81,7 @@ class Call:
     args: tuple[Expr, ...]
 
 
-Expr = Union[Num, Name, Unary, Binary, Compare, Call]
+Expr: TypeAlias = "Num | Name | Unary | Binary | Compare | Call"
 
 # name -> number of arguments. Aliases map onto one canonical name.
 ELEMENTWISE = {
