@@ -18,7 +18,6 @@ import pytest
 import uproot
 from servers import make_world_readable, parse_range_header, served_url, skip_or_fail
 
-
 pytestmark = pytest.mark.integration
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared/data/root"
