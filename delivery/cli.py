@@ -65,7 +65,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
     selection = parse_selection(_read_selection(args.selection))
     policy = _policy(args.inputs)
     options = TransformOptions(format=args.format, step_bytes=int(args.step_mb * 2**20),
-                               numba=not args.no_numba)
+                               numba=args.numba)
     rows = []
     for spec in args.inputs:
         replicas = spec.split("|")
@@ -136,7 +136,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--output", required=True, help="output directory")
     t.add_argument("--request-id", default="local", help="names outputs (default: local)")
     t.add_argument("--step-mb", type=float, default=64.0, help="memory per read step")
-    t.add_argument("--no-numba", action="store_true", help="evaluate cuts with awkward only")
+    t.add_argument("--numba", action="store_true",
+                   help="evaluate cuts with compiled numba kernels (see bench/bench_engine.py)")
     t.add_argument("--json", action="store_true", help="print results as JSON")
     t.set_defaults(func=cmd_transform)
 
