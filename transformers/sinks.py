@@ -20,7 +20,7 @@ import awkward as ak
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from delivery.errors import InputError
+from delivery.errors import InputError, SelectionError
 
 __all__ = ["ParquetOptions", "Sink", "open_sink", "FORMATS", "SUFFIXES"]
 
@@ -166,6 +166,24 @@ class RootSink(Sink):
 
     def write(self, tree: str, chunk: ak.Array) -> None:
         data = {root_branch_name(f): chunk[f] for f in chunk.fields}
+        if len(data) < len(chunk.fields):  # two columns would silently become one branch
+            seen: dict[str, str] = {}
+            for f in chunk.fields:
+                if root_branch_name(f) in seen:
+                    raise SelectionError(
+                        f"columns {seen[root_branch_name(f)]!r} and {f!r} would both be the ROOT "
+                        f"branch {root_branch_name(f)!r}; name one with an alias",
+                        field="expressions")
+                seen[root_branch_name(f)] = f
+        # uproot adds a counter "n<name>" per jagged column; a column of that name fails in
+        # extend() (uproot 5.7: ValueError if the values differ, TypeError on its big-endian
+        # counter if they agree), so refuse it here with a message that says why.
+        for name, column in data.items():
+            if column.ndim > 1 and f"n{name}" in data:
+                raise SelectionError(
+                    f"column {'n' + name!r} clashes with the counter branch of the jagged "
+                    f"column {name!r} in ROOT output; name it differently with an alias",
+                    field="expressions")
         try:
             if tree not in self.trees:
                 self.trees[tree] = self.file.mktree(

@@ -61,7 +61,10 @@ def classify(exc: BaseException, where: str) -> DeliveryError:
     if type(exc).__module__.startswith(("aiohttp", "fsspec_xrootd", "XRootD")) or (
         isinstance(exc, OSError) and not isinstance(exc, zlib.error)
     ):
-        if re.search(r"\b404\b|\b403\b", msg) or _XRD_PERMANENT.search(msg):
+        status = getattr(exc, "status", None)  # aiohttp's ClientResponseError
+        if isinstance(status, int) and status >= 500:
+            return TransientError(f"{where}: server error {status}: {msg}")
+        if isinstance(status, int) or _XRD_PERMANENT.search(msg):
             return InputError(f"{where}: {msg}")
         if _NETWORK_WORDS.search(msg) or type(exc).__module__.startswith("aiohttp"):
             return TransientError(f"{where}: network error: {msg}")
@@ -86,6 +89,8 @@ def _open_one(url: str, policy: SourcePolicy, timeout: float) -> Any:
     if not is_local(url):
         # Ask uproot for fsspec explicitly so root://, http(s):// and s3:// share one path.
         options["handler"] = uproot.source.fsspec.FSSpecSource
+    if is_local(url) and os.path.isfile(target) and os.path.getsize(target) == 0:
+        raise InputError(f"{url}: empty file (0 bytes), not a ROOT file")
     try:
         return uproot.open(target, **options)
     except Exception as exc:
