@@ -61,11 +61,47 @@ def table_names(directory: Any) -> list[str]:
                    if v in ("TTree", "ROOT::RNTuple", "ROOT::Experimental::RNTuple")})
 
 
+def _prime_rntuple_fields(obj: Any) -> None:
+    """Fill every RNTuple field's child list in one pass.
+
+    uproot 5.7 finds a field's children by scanning all field records, once per
+    field: quadratic, 11 s for PHYSLITE's 1077 fields on every read. One pass
+    over the records gives the same lists (checked by the tests) in 0.2 s. This
+    touches uproot's private ``_fields`` cache; if that changes, we only lose speed.
+    """
+    try:
+        ntuple = obj.ntuple
+        records, fields = ntuple.field_records, ntuple.all_fields
+        children: dict[int, list[int]] = {}
+        for i, record in enumerate(records):
+            if record.parent_field_id != i:
+                children.setdefault(record.parent_field_id, []).append(i)
+
+        def prime(fid: int) -> list[Any]:
+            field = fields[fid]
+            if field._fields is None:
+                out: list[Any] = []
+                for i in children.get(fid, []):
+                    # anonymous fields stand for their children, as in uproot
+                    out += prime(i) if fields[i].is_anonymous else [fields[i]]
+                field._fields = out
+            return list(field._fields)
+
+        for fid in range(len(fields)):
+            prime(fid)
+    except (AttributeError, TypeError, IndexError, RecursionError):
+        return
+
+
 @dataclass
 class Table:
     obj: Any
     name: str
     where: str
+
+    def __post_init__(self) -> None:
+        if self.is_rntuple:
+            _prime_rntuple_fields(self.obj)
 
     @property
     def is_rntuple(self) -> bool:
@@ -151,9 +187,8 @@ class Table:
 
 
 def _read_set(names: Sequence[str]) -> frozenset[str]:
-    # RNTuple sub-fields ("a.b") are read through their parents.
-    parents = {n.split(".", 1)[0] for n in names}
-    return frozenset(names) | parents
+    # Exact names only: uproot reads an RNTuple sub-field ("a.b") without its siblings.
+    return frozenset(names)
 
 
 def _project(arrays: ak.Array, names: Sequence[str]) -> ak.Array:
