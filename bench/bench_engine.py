@@ -170,7 +170,7 @@ def main() -> None:
         results[variant] = min(runs, key=lambda r: r["seconds"])
     base = results["ours"]
     print(f"\ncut: {CUT}  ->  {base['events_out']:,} events pass\n")
-    print("| variant | seconds | events/s | MB/s (uncompressed in) | peak RSS MB | out MB | ours is |")
+    print("| variant | seconds | events/s | MB/s (uncompressed in) | peak RSS MB | out MB | ours faster by |")
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         ratio = r["seconds"] / base["seconds"]
