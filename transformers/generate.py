@@ -1,6 +1,7 @@
 """Generate synthetic CMS NanoAOD-like ROOT files for tests and benchmarks.
 
-Each chunk of ``basket_entries`` events gets its own RNG derived from
+Floats carry NanoAOD's reduced precision (see ``_nano_precision``), so files
+compress like real ones. Each chunk of ``basket_entries`` events gets its own RNG derived from
 ``(seed, chunk_index)`` and is written with one ``extend`` call, so memory stays
 bounded for any ``n_events`` and every TTree branch gets one basket per chunk.
 Output is deterministic for a given ``(seed, basket_entries)``; changing the
@@ -62,6 +63,17 @@ class GenerateSummary:
 
 def _f32(x: Array) -> Array:
     return np.asarray(x, dtype=np.float32)
+
+
+def _nano_precision(name: str, x: Array) -> Array:
+    """Round float32 mantissas as NanoAOD stores them (12 bits for angles, 10 for most
+    else), so files compress like real ones instead of like random noise."""
+    if x.dtype != np.float32 or name in ("pt", "genWeight"):
+        return x
+    drop = 23 - (12 if name in ("eta", "phi") or name.endswith(("_eta", "_phi")) else 10)
+    # Truncation (toward zero) keeps every value inside its range, e.g. |phi| <= pi.
+    mask = np.uint32(~((1 << drop) - 1) & 0xFFFFFFFF)
+    return (np.ascontiguousarray(x).view(np.uint32) & mask).view(np.float32)
 
 
 def _eta(rng: np.random.Generator, n: int, sigma: float, lim: float) -> Array:
@@ -264,6 +276,9 @@ def generate(
                 # Per-chunk RNG: bounded memory and no dependence on earlier chunks.
                 rng = np.random.default_rng([seed, i])
                 flat, cols = _chunk(rng, start, min(basket_entries, n_events - start))
+                flat = {k: _nano_precision(k, v) for k, v in flat.items()}
+                cols = {c: (n, {k: _nano_precision(k, v) for k, v in fs.items()})
+                        for c, (n, fs) in cols.items()}
                 data = _columns(layout, flat, cols)
                 if sink is None:
                     n_branches = len(flat) + sum(1 + len(v[1]) for v in cols.values())
