@@ -4,7 +4,7 @@ Layers, each with its contract in its module docstring:
 
 - **source** (:mod:`.source`, :mod:`.table`): URL policy and opening, replicas,
   TTree and RNTuple behind one interface, chunked reads of exact branch names.
-- **selection** (:mod:`.plan`, :mod:`.evaluate`, :mod:`.kernels`): a parsed
+- **selection** (:mod:`.plan`, :mod:`.evaluate`, :mod:`.kernel_source`, :mod:`.kernels`): a parsed
   query resolved against a file's catalogue, then evaluated with awkward
   (the reference) or compiled numba kernels (the fast path for cuts).
 - **sink** (:mod:`.sinks`, :mod:`.copy`): streaming Parquet, Arrow IPC and ROOT

@@ -23,7 +23,7 @@ import numpy as np
 from delivery.errors import SelectionError
 from delivery.selection.expr import Binary, Call, Compare, Expr, Name, Num, Unary
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "evaluate_node"]
 
 _BINARY: dict[str, Callable[[Any, Any], Any]] = {
     "+": np.add, "-": np.subtract, "*": np.multiply, "/": np.true_divide,
@@ -76,31 +76,33 @@ def _where(cond: Any, a: Any, b: Any) -> Any:
 def evaluate(expr: Expr, columns: Mapping[str, Any], length: int) -> Any:
     """Value of ``expr`` for each of ``length`` events (an awkward or numpy array)."""
     with np.errstate(all="ignore"):
-        out = _eval(expr, columns)
+        out = evaluate_node(expr, columns)
     if not isinstance(out, ak.Array) and np.ndim(out) == 0:
         return np.full(length, out)
     return out
 
 
-def _eval(expr: Expr, columns: Mapping[str, Any]) -> Any:
+def evaluate_node(expr: Expr, columns: Mapping[str, Any]) -> Any:
+    """Value of one node without the final broadcast; used by the kernel planner to
+    learn numpy's result dtypes."""
     if isinstance(expr, Num):
         return expr.value
     if isinstance(expr, Name):
         return columns[expr.name]
     if isinstance(expr, Unary):
-        v = _eval(expr.operand, columns)
+        v = evaluate_node(expr.operand, columns)
         if expr.op == "~":
             return np.logical_not(v) if _is_bool(v) else np.invert(v)
         return np.negative(v) if expr.op == "-" else v
     if isinstance(expr, Binary | Compare):
-        left, right = _eval(expr.left, columns), _eval(expr.right, columns)
+        left, right = evaluate_node(expr.left, columns), evaluate_node(expr.right, columns)
         table = _COMPARE if isinstance(expr, Compare) else _BINARY
         try:
             return table[expr.op](left, right)
         except ValueError as err:
             raise _broadcast_error(err) from None
     assert isinstance(expr, Call)
-    args = [_eval(a, columns) for a in expr.args]
+    args = [evaluate_node(a, columns) for a in expr.args]
     if expr.func in ("sum", "count", "num", "any", "all", "min", "max", "mean"):
         return _reduce(expr.func, args[0])
     try:

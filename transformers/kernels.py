@@ -5,28 +5,25 @@ temporaries; a kernel makes one pass over the flat buffers and allocates only it
 output. :func:`transformers.evaluate.evaluate` stays the reference; the kernels
 agree with it value for value, and whatever they cannot do is left to it.
 
-Safety: the source of the ``@njit`` function is generated from the validated IR
-alone. Branch names become positional arguments (``c0, o0, ...``), literals are
-re-emitted with ``repr(int(v))``/``repr(float(v))``, dtype and function names come
-from fixed tables: no user text reaches the file.
-
-Dtypes: a node's dtype is found by running evaluate's own code on a one-element
-probe of the real column dtypes, and the kernel casts operands to it, so float32
-stays float32, bare literals stay "weak" (NEP 50) and ``where`` promotes as awkward
-does. Dtypes are known only from the data, so a kernel specialises on first call.
+Contract: :func:`compile_kernel` gives a :class:`Kernel` for an expression, or None
+when the awkward evaluator should be used. Calling the kernel takes the columns of a
+chunk, extracts their flat buffers (falling back to the evaluator for layouts the
+kernels do not take), asks :mod:`transformers.kernel_source` for the source of the
+columns' dtypes, and runs it. The source is written to an on-disk cache
+(``$DELIVERY_KERNEL_CACHE``, default ``~/.cache/columnar-delivery/kernels``) and
+imported from there with importlib, so numba's own ``cache=True`` applies; the
+time spent loading and compiling is :func:`jit_seconds`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import math
 import os
 import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,51 +32,20 @@ import numba
 import numpy as np
 
 from delivery.errors import SelectionError
-from delivery.selection.expr import Binary, Call, Compare, Expr, Name, Num, Unary, names_in
+from delivery.selection.expr import Expr, names_in
 from delivery.selection.types import ColumnType, infer
-from transformers.evaluate import _eval, evaluate
+from transformers.evaluate import evaluate
+from transformers.kernel_source import (
+    KERNEL_DTYPES,
+    NOMINAL_DTYPES,
+    KernelSpec,
+    build_spec,
+    node_count,
+)
 
 __all__ = ["Kernel", "compile_kernel", "jit_seconds"]
 
-_DTYPES = frozenset("bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 float32 float64".split())
-_NOMINAL = {"bool": np.dtype(np.bool_), "int": np.dtype(np.int32), "float": np.dtype(np.float32)}
-_UFUNCS = {f: f"np.{f}" for f in ("abs sqrt exp log log10 log2 sin cos tan arcsin arccos arctan "
-                                  "sinh cosh tanh arcsinh arccosh arctanh arctan2 hypot").split()}
-# Operators are emitted from this table, never copied from the IR.
-_OPS = {op: op for op in "+ - * / ** & | ~ < <= > >= == !=".split()}
 _MAX_NODES = 2000  # beyond this numba compiles for longer than awkward takes to evaluate
-
-# Helpers of every generated module. numba's // and % follow Python (and trap on
-# MIN // -1); these follow numpy's npy_divmod step by step, so results match bit for bit.
-_PRELUDE = '''import numpy as np
-from numba import njit
-
-_jit = njit(cache=True, nogil=True, error_model="numpy")
-
-@_jit
-def _fdivmod(a, b, one):
-    mod = np.fmod(a, b)
-    if not b:
-        return a / b, mod
-    div = (a - mod) / b
-    if mod:
-        if (b < 0) != (mod < 0):
-            mod, div = mod + b, div - one
-    else:
-        mod = np.copysign(one - one, b)
-    if not div:
-        return np.copysign(one - one, a / b), mod
-    floordiv = np.floor(div)
-    return (floordiv + one if div - floordiv > one / (one + one) else floordiv), mod
-
-@_jit
-def _idivmod(a, b):
-    if b == 0 or (b < 0 and b == -1):
-        return (a - a if b == 0 else -a), a - a
-    return a // b, a % b
-
-@_jit
-'''
 
 _LOCK = threading.RLock()
 _MODULES: dict[str, Any] = {}  # source hash -> numba dispatcher
@@ -90,201 +56,6 @@ _JIT = [0.0]
 def jit_seconds() -> float:
     """Seconds this process spent loading and compiling kernels."""
     return _JIT[0]
-
-
-class _Unsupported(Exception):
-    pass
-
-
-def _np(dt: np.dtype) -> str:
-    return "np.bool_" if dt.kind == "b" else f"np.{dt.name}"
-
-
-def _cast(code: str, src: np.dtype | None, dst: np.dtype) -> str:
-    # src None: always cast, since numba widens small ints and bool arithmetic; numpy does not.
-    return code if src == dst else f"{_np(dst)}({code})"
-
-
-def _literal(v: Any) -> tuple[str, np.dtype]:
-    try:
-        dt = np.asarray(v).dtype
-    except OverflowError:
-        raise _Unsupported from None
-    if dt.name not in _DTYPES:
-        raise _Unsupported
-    if dt.kind in "biu":
-        return (repr(bool(v)) if dt.kind == "b" else f"{_np(dt)}({int(v)!r})"), dt
-    f = float(v)
-    text = repr(f) if math.isfinite(f) else "np.nan" if f != f else "np.inf" if f > 0 else "-np.inf"
-    return f"{_np(dt)}({text})", dt
-
-
-def _kind(p: ak.Array) -> tuple[int, np.dtype]:
-    layout, depth = p.layout, 0
-    if isinstance(layout, ak.contents.ListOffsetArray | ak.contents.ListArray):
-        layout, depth = layout.content, 1
-    if not isinstance(layout, ak.contents.NumpyArray) or layout.dtype.name not in _DTYPES:
-        raise _Unsupported
-    return depth, layout.dtype
-
-
-def _children(e: Expr) -> tuple[Expr, ...]:
-    if isinstance(e, Unary):
-        return (e.operand,)
-    if isinstance(e, Binary | Compare):
-        return (e.left, e.right)
-    return e.args if isinstance(e, Call) else ()
-
-
-@dataclass
-class _Loop:
-    group: list[int] = field(default_factory=list)  # jagged args read element by element
-    body: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Spec:
-    source: str
-    names: tuple[str, ...]
-    groups: list[list[int]]  # args whose counts must agree in every event
-    ref: int  # the arg whose offsets a jagged result shares
-
-
-class _Source:
-    """Straight-line code, one temporary per node, at the outermost loop it can live in."""
-
-    def __init__(self, cols: Mapping[str, tuple[int, np.dtype]]) -> None:
-        self.cols = cols
-        self.args: dict[str, int] = {}  # column name -> argument number
-        self.event: list[str] = []  # statements run once per event
-        self.loops: list[_Loop] = []
-        self.probes: dict[int, Any] = {}
-        self.memo: dict[tuple[Expr, int], tuple[str, np.dtype]] = {}
-
-    def probe(self, e: Expr, func: str | None = None) -> Any:
-        """``e`` evaluated on one event holding one element, by evaluate itself."""
-        if func is None and id(e) in self.probes:
-            return self.probes[id(e)]
-        kids = _children(e)
-        slots = tuple(Name(f"p{k}") for k in range(len(kids)))
-        env = {f"p{k}": self.probe(kid) for k, kid in enumerate(kids)}
-        if isinstance(e, Num):
-            return e.value
-        if isinstance(e, Name):
-            depth, dt = self.cols[e.name]
-            p = ak.values_astype(ak.Array([[1]] if depth else [1]), dt)
-        else:
-            node: Expr = (Call(func, slots) if func else Unary(e.op, slots[0])
-                          if isinstance(e, Unary) else Call(e.func, slots) if isinstance(e, Call)
-                          else type(e)(e.op, *slots))  # fmt: skip
-            try:
-                with np.errstate(all="ignore"):
-                    p = _eval(node, env)
-            except Exception:  # whatever evaluate refuses, the kernel does not attempt
-                raise _Unsupported from None
-        if func is None:
-            self.probes[id(e)] = p
-        return p
-
-    def gen(self, e: Expr, loop: _Loop | None) -> tuple[str, np.dtype]:
-        """Code of an atom (arg, literal or temporary) holding the value of ``e``."""
-        p = self.probe(e)
-        if not isinstance(p, ak.Array):
-            return _literal(p)  # a constant subtree, already folded by numpy itself
-        depth, dt = _kind(p)
-        if depth == 1 and loop is None:
-            raise _Unsupported
-        if isinstance(e, Name):
-            m = self.args.setdefault(e.name, len(self.args))
-            if depth == 0:
-                return f"c{m}[i]", dt
-            assert loop is not None
-            loop.group += [] if m in loop.group else [m]
-            return f"c{m}[o{m}[i] + k]", dt
-        scope = loop if depth == 1 else None  # event-level values are hoisted out of loops
-        key = (e, id(scope))
-        if key not in self.memo:
-            code = self.node(e, scope, dt)
-            (scope.body if scope else self.event).append(f"t{len(self.memo)} = {code}")
-            self.memo[key] = (f"t{len(self.memo)}", dt)
-        return self.memo[key]
-
-    def node(self, e: Expr, loop: _Loop | None, dt: np.dtype) -> str:
-        if isinstance(e, Call) and e.func not in _UFUNCS and e.func not in ("minimum", "maximum",
-                                                                             "where"):
-            return self.reduce(e, dt)
-        args = [self.gen(a, loop) for a in _children(e)]
-        cast = [_cast(c, t, dt) for c, t in args] + [""]  # operands in the result's dtype
-        a, b = cast[0], cast[1]
-        if isinstance(e, Unary):
-            if e.op == "+" or (e.op == "~" and dt.kind == "b"):
-                return args[0][0] if e.op == "+" else f"not {args[0][0]}"
-            return _cast(f"{_OPS[e.op]}{a}", None, dt)
-        if isinstance(e, Compare):  # compared in the dtype numpy's comparison loop uses
-            common = _kind(self.probe(e, "maximum"))[1]
-            return f"{_cast(*args[0], common)} {_OPS[e.op]} {_cast(*args[1], common)}"
-        if isinstance(e, Binary) and e.op in ("//", "%"):
-            helper = f"_fdivmod({a}, {b}, {_np(dt)}(1))" if dt.kind == "f" else f"_idivmod({a}, {b})"
-            return _cast(f"{helper}[{int(e.op == '%')}]", None, dt)
-        if isinstance(e, Binary):
-            return _cast(f"{a} {_OPS[e.op]} {b}", None, dt)
-        assert isinstance(e, Call)
-        if e.func == "where":
-            return f"{b} if {args[0][0]} else {cast[2]}"
-        if e.func in ("minimum", "maximum"):  # NaN propagates, as in numpy
-            return f"{a} if ({a} {'<=' if e.func == 'minimum' else '>='} {b} or {a} != {a}) else {b}"
-        return _cast(f"{_UFUNCS[e.func]}({', '.join(c for c in (a, b) if c)})", None, dt)
-
-    def reduce(self, e: Call, dt: np.dtype) -> str:
-        """An inner loop over one event's elements, emitted at event level."""
-        loop = _Loop()
-        self.loops.append(loop)
-        r = f"r{len(self.loops)}"  # named before the argument, whose reductions come first
-        arg, at = self.gen(e.args[0], loop)
-        ref = f"o{loop.group[0]}"
-        count = f"{ref}[i + 1] - {ref}[i]"
-        if e.func == "num" or (e.func == "count" and at.kind != "b"):
-            self.event.append(f"{r} = np.int64({count})")  # count() of numbers counts them all
-            return r
-        init, update, final = {
-            "sum": (f"{_np(dt)}(0)", [f"{r} = {r} + {_cast(arg, at, dt)}"], r),
-            "count": ("np.int64(0)", [f"if {arg}:", f"    {r} = {r} + 1"], r),
-            "any": ("False", [f"if {arg}:", f"    {r} = True", "    break"], r),
-            "all": ("True", [f"if not {arg}:", f"    {r} = False", "    break"], r),
-            # awkward's min/max skip NaN (x < acc is false); an empty list gives NaN
-            "min": ("np.inf", [f"v{r} = np.float64({arg})", f"if v{r} < {r}:", f"    {r} = v{r}"],
-                    f"np.nan if {count} == 0 else {r}"),
-            "max": ("-np.inf", [f"v{r} = np.float64({arg})", f"if v{r} > {r}:", f"    {r} = v{r}"],
-                    f"np.nan if {count} == 0 else {r}"),
-            "mean": ("0.0", [f"{r} = {r} + np.float64({arg})"], f"{r} / ({count})"),
-        }[e.func]
-        self.event += [f"{r} = {init}", f"for k in range({count}):"]
-        self.event += ["    " + line for line in loop.body + update] + [f"{r} = {final}"]
-        return r
-
-
-def _build(expr: Expr, cols: Mapping[str, tuple[int, np.dtype]], depth: int) -> _Spec | None:
-    src, top = _Source(cols), (_Loop() if depth == 1 else None)
-    try:
-        code, dt = src.gen(expr, top)
-    except (_Unsupported, KeyError, RecursionError):
-        return None
-    params = ", ".join(f"c{m}, o{m}" if cols[n][0] else f"c{m}" for n, m in src.args.items())
-    event = ["        " + line for line in src.event]
-    lines = [f"def kernel(n, {params}):"]
-    if top is None:
-        lines += [f"    out = np.empty(n, {_np(dt)})", "    for i in range(n):", *event,
-                  f"        out[i] = {code}"]
-    else:
-        o = f"o{top.group[0]}"
-        lines += [f"    base = {o}[0]", f"    out = np.empty({o}[n] - base, {_np(dt)})",
-                  "    for i in range(n):", *event, f"        s = {o}[i] - base",
-                  f"        for k in range({o}[i + 1] - {o}[i]):",
-                  *["            " + line for line in top.body], f"            out[s + k] = {code}"]
-    groups = [g for g in [lp.group for lp in src.loops] + [top.group if top else []] if len(g) > 1]
-    source = _PRELUDE + "\n".join(lines) + "\n    return out\n"
-    return _Spec(source, tuple(src.args), groups, top.group[0] if top else -1)
-
 
 def _dispatcher(source: str, args: list[Any]) -> Any:
     """The kernel of ``source``, imported from a real file so numba's ``cache=True`` works,
@@ -326,7 +97,7 @@ def _buffers(array: Any, depth: int) -> tuple[np.ndarray, np.ndarray | None] | N
             layout = ak.to_packed(layout, highlevel=False)
         inner = layout.content if depth == 1 and hasattr(layout, "content") else layout
         if isinstance(inner, ak.contents.NumpyArray) and isinstance(inner.data, np.ndarray) \
-                and inner.data.ndim == 1 and inner.dtype.name in _DTYPES:
+                and inner.data.ndim == 1 and inner.dtype.name in KERNEL_DTYPES:
             if depth == 0:
                 return inner.data, None
             if isinstance(layout, ak.contents.ListOffsetArray):
@@ -338,10 +109,10 @@ class Kernel:
     """A compiled expression: ``kernel(columns, length)`` reads ``names`` and returns
     a numpy array (depth 0) or a jagged awkward array sharing its inputs' counts (depth 1)."""
 
-    def __init__(self, expr: Expr, types: Mapping[str, ColumnType], spec: _Spec, depth: int):
+    def __init__(self, expr: Expr, types: Mapping[str, ColumnType], spec: KernelSpec, depth: int):
         self.expr, self.names, self.depth = expr, spec.names, depth
         self._types = {n: types[n] for n in spec.names}
-        self._specs: dict[tuple[str, ...], _Spec | None] = {}
+        self._specs: dict[tuple[str, ...], KernelSpec | None] = {}
 
     def __call__(self, columns: Mapping[str, ak.Array], length: int) -> np.ndarray | ak.Array:
         bufs: list[tuple[np.ndarray, np.ndarray | None]] = []
@@ -354,7 +125,7 @@ class Kernel:
         if key not in self._specs:
             cols = {n: (self._types[n].depth, d.dtype) for n, (d, _) in zip(self.names, bufs,
                                                                                strict=True)}
-            self._specs[key] = _build(self.expr, cols, self.depth)
+            self._specs[key] = build_spec(self.expr, cols, self.depth)
         spec = self._specs[key]
         if spec is None:
             return self._fallback(columns, length)
@@ -379,23 +150,19 @@ class Kernel:
         out = evaluate(self.expr, columns, length)
         return ak.to_numpy(out) if self.depth == 0 and isinstance(out, ak.Array) else out
 
-
-def _size(e: Expr) -> int:
-    return 1 + sum(_size(c) for c in _children(e))
-
-
 def compile_kernel(expr: Expr, types: Mapping[str, ColumnType]) -> Kernel | None:
     """A kernel for ``expr``, or None when the awkward evaluator should be used instead."""
     names = names_in(expr)
-    if not names or any(n not in types or types[n].depth > 1 or types[n].kind not in _NOMINAL
+    if not names or any(n not in types or types[n].depth > 1 or types[n].kind not in NOMINAL_DTYPES
                         for n in names):
         return None
     try:
         depth = infer(expr, types, "expression").depth
-        if _size(expr) > _MAX_NODES:
+        if node_count(expr) > _MAX_NODES:
             return None
     except Exception:  # evaluate gives the user the proper error
         return None
     # NanoAOD's float32/int32 stand in for the real dtypes, to refuse what cannot work now.
-    spec = _build(expr, {n: (types[n].depth, _NOMINAL[types[n].kind]) for n in names}, depth)
+    nominal = {n: (types[n].depth, NOMINAL_DTYPES[types[n].kind]) for n in names}
+    spec = build_spec(expr, nominal, depth)
     return None if spec is None else Kernel(expr, types, spec, depth)
