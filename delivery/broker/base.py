@@ -1,0 +1,65 @@
+"""The broker seam: one work queue of :class:`~delivery.messages.FileTask`, plus dead letters.
+
+Contract, the same for every backend:
+
+- :meth:`Broker.publish` returns only when the broker has taken every task
+  (RabbitMQ: publisher confirms on a durable quorum queue, persistent
+  messages); otherwise it raises :class:`~delivery.errors.TransientError` and
+  the caller must treat the whole batch as not sent.
+- :meth:`Broker.consume` hands one task at a time (prefetch 1) to ``handler``,
+  which runs off the broker's I/O thread so heartbeats keep flowing however long
+  the file takes. The handler's :class:`Verdict` decides: ``ACK`` (done, its
+  result recorded), ``REQUEUE`` (put back, e.g. transient failure or shutdown).
+  If the handler raises, or the consuming process dies, the task goes back too.
+- A task delivered more than ``delivery_limit`` times goes to the dead-letter
+  queue; :meth:`Broker.consume_dead` hands those to a handler that records the
+  file as failed (``attempts`` says how many deliveries it had).
+- ``consume`` and ``consume_dead`` return when ``stop`` is set, after the
+  current task; on a lost connection they reconnect with backoff.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+
+from delivery.messages import FileTask
+
+__all__ = ["Broker", "Verdict", "Handler", "DEFAULT_DELIVERY_LIMIT"]
+
+DEFAULT_DELIVERY_LIMIT = 3
+
+
+class Verdict(enum.Enum):
+    ACK = "ack"
+    REQUEUE = "requeue"
+
+
+# handler(task, attempts) -> Verdict; attempts is 1 on the first delivery.
+Handler = Callable[[FileTask, int], Verdict]
+
+
+class Broker(ABC):
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+
+    @abstractmethod
+    def publish(self, tasks: Sequence[FileTask]) -> None: ...
+
+    @abstractmethod
+    def consume(self, handler: Handler, stop: threading.Event) -> None: ...
+
+    @abstractmethod
+    def consume_dead(self, handler: Handler, stop: threading.Event) -> None: ...
+
+    @abstractmethod
+    def depth(self) -> int:
+        """Tasks waiting (not counting those being worked on)."""
+
+    @abstractmethod
+    def dead_depth(self) -> int:
+        """Tasks waiting in the dead-letter queue."""
+
+    def close(self) -> None:  # noqa: B027 - optional for backends without resources
+        pass
