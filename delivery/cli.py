@@ -26,7 +26,7 @@ DEMO_SELECTION = [{
     "treename": "Events",
     "expressions": ["run", "event", "MET_pt", "Muon_pt", "Muon_eta", "Muon_phi", "Muon_charge",
                     "Muon_pt * cosh(Muon_eta)", "count(Jet_pt > 30)"],
-    "cut": "count(Muon_pt > 20) >= 2 & (MET_pt < 200)",
+    "cut": "count(Muon_pt > 20) >= 2 and MET_pt < 200",
 }]  # fmt: skip
 
 

@@ -87,4 +87,11 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["demo", "--events", "20000", "--workdir", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert "transformed 20,000 events" in text and "leading muon pt" in text
-    assert list((tmp_path / "out").glob("*.parquet"))
+    (output,) = (tmp_path / "out").glob("*.parquet")
+    events = ak.from_parquet(output)
+    # The demo's cut really cuts, and every event kept satisfies it.
+    assert 0 < len(events) < 20000
+    assert ak.all(ak.sum(events.Muon_pt > 20, axis=1) >= 2) and ak.all(events.MET_pt < 200)
+    source = uproot.open(tmp_path / "nanoaod-like.root")["Events"].arrays(["Muon_pt", "MET_pt"])
+    passing = (ak.sum(source.Muon_pt > 20, axis=1) >= 2) & (source.MET_pt < 200)
+    assert len(events) == int(ak.sum(passing))

@@ -108,3 +108,19 @@ def test_selection_attack_runs_nothing(tmp_path: Path, monkeypatch: pytest.Monke
                 parse_selection(json.dumps([query]))
             assert f"selection[0].{key}" in str(info.value)
     assert not canary.exists()
+
+
+def test_precedence_trap_is_refused_before_reading() -> None:
+    """`n >= 2 & x < 5` is n >= (2 & x) < 5 in Python; it would silently keep every event."""
+    from delivery.selection.types import ColumnType, infer
+
+    columns = {"nMuon": ColumnType(0, "int"), "MET_pt": ColumnType(0, "float"),
+               "flags": ColumnType(0, "int"), "ok": ColumnType(0, "bool")}
+    for text in ("nMuon >= 2 & (MET_pt < 200)", "nMuon >= 2 & MET_pt < 200",
+                 "(nMuon >= 2) | flags"):
+        with pytest.raises(SelectionError, match="put comparisons in parentheses"):
+            infer(parse_expression(text), columns, "cut")
+    assert infer(parse_expression("(nMuon >= 2) & (MET_pt < 200)"), columns, "cut").kind == "bool"
+    assert infer(parse_expression("nMuon >= 2 and MET_pt < 200"), columns, "cut").kind == "bool"
+    assert infer(parse_expression("flags & 4"), columns, "x").kind == "int"
+    assert infer(parse_expression("ok | ~ok"), columns, "x").kind == "bool"

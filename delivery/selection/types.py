@@ -105,7 +105,8 @@ def infer(expr: Expr, columns: Mapping[str, ColumnType], field: str) -> ColumnTy
         a, b = infer(expr.left, columns, field), infer(expr.right, columns, field)
         depth = max(a.depth, b.depth)
         if expr.op in "&|":
-            if "float" in (a.kind, b.kind):
+            # bool & int is the precedence trap: "n >= 2 & x < 5" parses as n >= (2 & x) < 5.
+            if "float" in (a.kind, b.kind) or {a.kind, b.kind} == {"bool", "int"}:
                 raise SelectionError(
                     f"{expr.op} needs booleans; put comparisons in parentheses, "
                     f"e.g. (a > 1) {expr.op} (b < 2)", field=field)
