@@ -3,16 +3,22 @@
 Contract, the same for every backend:
 
 - Buckets are named by the request id; keys are flat (no ``/``) and end in
-  ``.parquet``, ``.arrow`` or ``.root``.
+  ``.parquet``, ``.arrow`` or ``.root``. Every method checks names with
+  :func:`delivery.objects.check_bucket` / :func:`~delivery.objects.check_key`
+  and raises ValueError for others (``..``, ``/``, NUL, ...).
 - :meth:`ObjectStore.put_file` uploads a finished local file and returns the
   size of the stored object as the store reports it afterwards; a failure
   raises :class:`~delivery.errors.TransientError` and leaves no object that
   looks complete. Uploading the same key twice leaves one complete object.
+- :meth:`ObjectStore.size` is None and :meth:`ObjectStore.list` is empty for a
+  missing object or bucket.
 - :meth:`ObjectStore.delete_bucket` removes every object and the bucket; it is
   idempotent.
 - :meth:`ObjectStore.download_url` is a short-lived URL for one object that needs
   no credentials (S3: presigned GET), or None when the API must stream it
-  (local store: :meth:`ObjectStore.local_path`).
+  (local store: :meth:`ObjectStore.local_path`). A presigned URL is valid for
+  GET, ranged or not, but not for HEAD (S3 and MinIO sign the method): take the
+  size from :meth:`ObjectStore.size`.
 - :meth:`ObjectStore.client_fields` gives the ``minio-*`` fields of the ServiceX
   status object: read-only credentials only, never the write or root key.
 """
