@@ -121,6 +121,57 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from api.serve import serve
+    from delivery.config import Settings
+
+    settings = Settings.from_env(**_overrides(args))
+    serve(settings, args.host, args.port, args.workers)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import logging
+
+    from delivery.broker import open_broker
+    from delivery.config import Settings
+    from delivery.objects import open_store
+    from transformers.worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = Settings.from_env(**_overrides(args))
+    if settings.embedded_broker:
+        raise DeliveryError("delivery worker needs DELIVERY_BROKER_URL; without a broker, "
+                            "'delivery serve --workers N' runs the workers itself")
+    reporter: Any
+    if settings.api_url and settings.service_token:
+        from transformers.reporters import HttpReporter
+
+        reporter = HttpReporter(settings.api_url, settings.service_token)
+    else:
+        from api.store import RequestStore
+        from transformers.reporters import StoreReporter
+
+        reporter = StoreReporter(RequestStore(settings.database_url))
+    broker = open_broker(settings.broker_url, settings.queue)
+    policy = SourcePolicy.create(settings.allowed_roots)
+    print(f"worker consuming {settings.queue} at {settings.broker_url}", flush=True)
+    Worker(open_store(settings), reporter, policy).run(broker)
+    broker.close()
+    return 0
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if getattr(args, "state_dir", None):
+        out["state_dir"] = Path(args.state_dir)
+        if not os.environ.get("DELIVERY_DATABASE_URL"):
+            out["database_url"] = f"sqlite:///{Path(args.state_dir) / 'delivery.db'}"
+    if getattr(args, "allowed_roots", None):
+        out["allowed_roots"] = tuple(r for r in args.allowed_roots.split(os.pathsep) if r)
+    return out
+
+
 def _parser() -> argparse.ArgumentParser:
     from delivery import __version__
 
@@ -150,6 +201,18 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--basket-entries", type=int, default=10_000)
     g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("serve", help="run the API (and, with no broker configured, workers)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=5000)
+    s.add_argument("--workers", type=int, default=2, help="embedded worker processes")
+    s.add_argument("--state-dir", default=None, help="overrides DELIVERY_STATE_DIR")
+    s.add_argument("--allowed-roots", default=None, help="overrides DELIVERY_ALLOWED_ROOTS")
+    s.set_defaults(func=cmd_serve)
+
+    w = sub.add_parser("worker", help="consume files from the configured broker")
+    w.add_argument("--allowed-roots", default=None, help="overrides DELIVERY_ALLOWED_ROOTS")
+    w.set_defaults(func=cmd_worker)
 
     d = sub.add_parser("demo", help="generate a file and transform it on this machine")
     d.add_argument("--events", type=int, default=200_000)

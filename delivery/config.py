@@ -16,6 +16,7 @@ These names are part of the interface:
 ``DELIVERY_ALLOWED_ROOTS``      ``:``-separated folders local paths may name
 ``DELIVERY_QUEUE``              the work queue's name (default ``delivery.files``)
 ``DELIVERY_SERVICE_TOKEN``      the workers' credential for internal endpoints
+``DELIVERY_API_URL``            where ``delivery worker`` reports (with that token)
 =============================== ==============================================
 """
 
@@ -45,6 +46,7 @@ class Settings:
     allowed_roots: tuple[str, ...] = ()
     queue: str = "delivery.files"
     service_token: str | None = field(default=None, repr=False)
+    api_url: str | None = None
 
     @property
     def embedded_broker(self) -> bool:
@@ -77,6 +79,7 @@ class Settings:
             allowed_roots=roots,
             queue=e.get("DELIVERY_QUEUE") or "delivery.files",
             service_token=e.get("DELIVERY_SERVICE_TOKEN") or None,
+            api_url=e.get("DELIVERY_API_URL") or None,
         )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

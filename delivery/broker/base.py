@@ -11,9 +11,13 @@ Contract, the same for every backend:
   the file takes. The handler's :class:`Verdict` decides: ``ACK`` (done, its
   result recorded), ``REQUEUE`` (put back, e.g. transient failure or shutdown).
   If the handler raises, or the consuming process dies, the task goes back too.
-- A task delivered more than ``delivery_limit`` times goes to the dead-letter
-  queue; :meth:`Broker.consume_dead` hands those to a handler that records the
-  file as failed (``attempts`` says how many deliveries it had).
+- A task may come back ``delivery_limit`` times (RabbitMQ's quorum-queue
+  ``x-delivery-limit``): it is delivered at most ``delivery_limit + 1`` times,
+  and when that last delivery fails too it goes to the dead-letter queue. Every
+  return counts: REQUEUE, a raising handler, a dying consumer, and a requeue at
+  shutdown. :meth:`Broker.consume_dead` hands dead tasks to a handler that
+  records the file as failed (``attempts`` says how many deliveries it had:
+  ``delivery_limit + 1``).
 - ``consume`` and ``consume_dead`` return when ``stop`` is set, after the
   current task; on a lost connection they reconnect with backoff.
 """

@@ -1,0 +1,115 @@
+"""Our own endpoints, beyond the ServiceX protocol.
+
+- ``GET /api/v1/requests/<id>/files?status=failure``: per-file results with their errors.
+- ``GET /api/v1/requests/<id>/files/<file_id>/download``: the output without storage
+  credentials: a redirect to a short-lived presigned URL, or the bytes streamed by
+  the API when the store is a local directory.
+- ``GET /api/v1/requests/<id>/wait?after=<ISO>&timeout=<s>``: a long poll that returns
+  as soon as a result newer than ``after`` exists or the request is final.
+- ``POST /internal/results`` and ``GET /internal/requests/<id>/status``: for workers
+  only, with the service credential (``Authorization: Bearer $DELIVERY_SERVICE_TOKEN``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+from flask import Blueprint, jsonify, redirect, request, send_file
+
+from api.errors import ApiError, Forbidden, NotFound, Unauthorized, read_json
+from api.servicex import FINAL, owned, parse_time, result_item, services, status_object
+from delivery.messages import FileReport
+
+__all__ = ["blueprint"]
+
+blueprint = Blueprint("native", __name__)
+MAX_WAIT = 60.0
+RECHECK = 0.5  # results recorded by another API instance are seen within this
+
+
+@blueprint.get("/api/v1/requests/<request_id>/files")
+def files(request_id: str) -> Any:
+    row = owned(request_id)
+    svc = services()
+    wanted = request.args.get("status")
+    if wanted not in (None, "success", "failure"):
+        raise ApiError("status must be success or failure")
+    paths = svc.store.file_paths(request_id)
+    return jsonify({"request_id": request_id, "files": [
+        result_item(r, row, paths.get(r.file_id))
+        for r in svc.store.results(request_id, status=wanted)]})
+
+
+@blueprint.get("/api/v1/requests/<request_id>/files/<int:file_id>/download")
+def download(request_id: str, file_id: int) -> Any:
+    owned(request_id)
+    svc = services()
+    found = [r for r in svc.store.results(request_id, status="success") if r.file_id == file_id]
+    if not found or not found[0].object_name:
+        raise NotFound(f"file {file_id} of {request_id} has no output")
+    key = found[0].object_name
+    url = svc.objects.download_url(request_id, key)
+    if url:
+        return redirect(url, code=307)
+    path = svc.objects.local_path(request_id, key)
+    if path is None or not path.exists():
+        raise NotFound(f"output {key} is gone")
+    return send_file(path, as_attachment=True, download_name=key, conditional=True)
+
+
+@blueprint.get("/api/v1/requests/<request_id>/wait")
+def wait(request_id: str) -> Any:
+    owned(request_id)
+    svc = services()
+    after = parse_time(request.args.get("after"), "after")
+    try:
+        timeout = min(float(request.args.get("timeout", "30")), MAX_WAIT)
+    except ValueError:
+        raise ApiError("timeout must be a number of seconds") from None
+    deadline = time.monotonic() + max(timeout, 0.0)
+    seen = svc.news.version
+    while True:
+        row = owned(request_id)
+        new = svc.store.results(request_id, later_than=after)
+        left = deadline - time.monotonic()
+        if new or row.status in FINAL or left <= 0:
+            paths = svc.store.file_paths(request_id)
+            return jsonify({"status": status_object(row, svc),
+                            "results": [result_item(r, row, paths.get(r.file_id)) for r in new]})
+        seen = svc.news.wait(seen, min(left, RECHECK))
+
+
+def _service_only() -> None:
+    token = services().settings.service_token
+    given = request.headers.get("Authorization", "")
+    if not token:
+        raise Forbidden("internal endpoints are disabled: DELIVERY_SERVICE_TOKEN is not set")
+    if not given.startswith("Bearer "):
+        raise Unauthorized("internal endpoints need the service credential")
+    if not hmac.compare_digest(given[7:].encode(), token.encode()):
+        raise Forbidden("wrong service credential")
+
+
+@blueprint.post("/internal/results")
+def record() -> Any:
+    _service_only()
+    body = read_json(request)
+    try:
+        report = FileReport.from_json(body)
+    except (TypeError, ValueError) as err:
+        raise ApiError(f"bad report: {err}") from None
+    svc = services()
+    if svc.store.get(report.request_id) is None:
+        raise NotFound(f"no transformation request {report.request_id}")
+    changed = svc.store.record(report)
+    svc.news.publish()
+    return jsonify({"recorded": bool(changed)})
+
+
+@blueprint.get("/internal/requests/<request_id>/status")
+def internal_status(request_id: str) -> Any:
+    _service_only()
+    row = services().store.get(request_id)
+    return jsonify({"status": row.status if row else None})

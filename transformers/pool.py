@@ -1,0 +1,148 @@
+"""Embedded workers: N long-lived child processes fed by an in-process broker.
+
+This is the embedded default's stand-in for "RabbitMQ plus ``delivery worker``
+pods". Each slot is a thread in the serving process that takes a task from the
+broker and hands it to its own child process over a pipe. The child runs the
+very same :class:`~transformers.worker.Worker`; its reporter talks back over the
+pipe, so only the parent touches the request store. If a child dies mid-file,
+the slot raises, the broker puts the task back (its delivery limit ends in the
+dead-letter queue), and the slot starts a fresh child for the next task.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from delivery.broker.base import Broker, Verdict
+from delivery.config import Settings
+from delivery.messages import FileReport, FileTask
+from delivery.policy import SourcePolicy
+
+__all__ = ["ProcessPool", "WorkerDied", "ChildSpec"]
+
+log = logging.getLogger("delivery.pool")
+
+
+class WorkerDied(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """Everything a child needs to build its Worker; must pickle."""
+
+    settings: Settings  # the child opens its own result store from these
+    policy: SourcePolicy
+
+
+class _PipeReporter:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def record(self, report: FileReport) -> None:
+        self.conn.send(("record", report))
+        self.conn.recv()
+
+    def status(self, request_id: str) -> str | None:
+        self.conn.send(("status", request_id))
+        answer: str | None = self.conn.recv()
+        return answer
+
+
+def _child_main(conn: Connection, spec: ChildSpec) -> None:
+    import signal
+
+    from delivery.objects import open_store
+    from transformers.worker import Worker
+
+    # Ctrl-C reaches the whole process group; the parent decides when children stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker = Worker(open_store(spec.settings), _PipeReporter(conn), spec.policy)
+    while True:
+        message = conn.recv()
+        if message is None:
+            return
+        task, attempts = message
+        conn.send(("verdict", worker.handle(task, attempts).value))
+
+
+class _Slot:
+    def __init__(self, pool: ProcessPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.process: Any = None
+        self.conn: Connection | None = None
+
+    def _ensure_child(self) -> Connection:
+        if self.process is None or not self.process.is_alive():
+            parent, child = mp.get_context("spawn").Pipe()
+            self.process = mp.get_context("spawn").Process(
+                target=_child_main, args=(child, self.pool.spec), daemon=True,
+                name=f"delivery-worker-{self.index}")
+            self.process.start()
+            child.close()
+            self.conn = parent
+        assert self.conn is not None
+        return self.conn
+
+    def handle(self, task: FileTask, attempts: int) -> Verdict:
+        conn = self._ensure_child()
+        conn.send((task, attempts))
+        while True:
+            try:
+                kind, value = conn.recv()
+            except (EOFError, OSError):
+                code = self.process.exitcode if self.process else None
+                self.process = None
+                raise WorkerDied(f"worker process died (exit code {code}) on file "
+                                 f"{task.file_id} of {task.request_id}") from None
+            if kind == "record":
+                self.pool.reporter.record(value)
+                conn.send(True)
+            elif kind == "status":
+                conn.send(self.pool.reporter.status(value))
+            else:
+                return Verdict(value)
+
+    def stop(self) -> None:
+        if self.conn is not None and self.process is not None and self.process.is_alive():
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+            self.process.join(timeout=10)
+            if self.process.is_alive():
+                self.process.kill()
+
+
+class ProcessPool:
+    def __init__(self, broker: Broker, reporter: Any, spec: ChildSpec, workers: int) -> None:
+        self.broker = broker
+        self.reporter = reporter
+        self.spec = spec
+        self.slots = [_Slot(self, i) for i in range(workers)]
+        self.stop_event = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for slot in self.slots:
+            thread = threading.Thread(target=self.broker.consume,
+                                      args=(slot.handle, self.stop_event),
+                                      name=f"delivery-slot-{slot.index}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def pids(self) -> list[int]:
+        return [s.process.pid for s in self.slots if s.process is not None]
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stop_event.set()
+        for thread in self.threads:
+            thread.join(timeout=timeout)
+        for slot in self.slots:
+            slot.stop()
