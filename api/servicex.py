@@ -61,6 +61,7 @@ def status_object(row: Any, svc: Services) -> dict[str, Any]:
         "files-remaining": c.remaining,
         "submit-time": _iso(row.submit_time),
         "finish-time": _iso(row.finish_time),
+        "reused-from": row.reused_from,
         **svc.objects.client_fields(),
     }
 

@@ -74,9 +74,9 @@ def stack(request: pytest.FixtureRequest, data_dir: Path,
 
 
 def submit(stack: Stack, files: list[str] | None = None, *, did: str | None = None,
-           selection: str = SELECTION, fmt: str = "parquet") -> str:
+           selection: str = SELECTION, fmt: str = "parquet", **extra: Any) -> str:
     body: dict[str, Any] = {"title": "test", "selection": selection, "codegen": "uproot-raw",
-                            "result-destination": "object-store", "result-format": fmt}
+                            "result-destination": "object-store", "result-format": fmt, **extra}
     body["did" if did else "file-list"] = did or files
     code, answer = call(stack, "POST", "/servicex/transformation", body)
     assert code == 200, answer
@@ -211,3 +211,38 @@ def test_cancel_and_delete_are_idempotent(stack: Stack, data_dir: Path) -> None:
         assert call(stack, "DELETE", f"/servicex/transformation/{done}")[0] == 200
     assert call(stack, "GET", f"/servicex/transformation/{done}")[0] == 404
     assert stack.services.objects.list(done) == []
+
+
+def test_identical_request_is_served_from_the_cache(stack: Stack, data_dir: Path) -> None:
+    selection = json.dumps([{"treename": "Events", "filter_name": ["MET_pt", "nJet"],
+                             "cut": "MET_pt > 25"}])
+    files = [str(data_dir / "nano1.root"), str(data_dir / "nano2.root")]
+    first = submit(stack, files, selection=selection)
+    assert wait_final(stack, first)["reused-from"] is None
+    again = submit(stack, files, selection=selection)
+    status = wait_final(stack, again, timeout=10)
+    assert (status["status"], status["files-completed"], status["reused-from"]) == \
+        ("Complete", 2, first)
+    original = {o.key: o.size for o in stack.services.objects.list(first)}
+    assert {o.key: o.size for o in stack.services.objects.list(again)} == original
+    results = call(stack, "GET", f"/servicex/transformation/{again}/results")[1]["results"]
+    assert {r["s3-object-name"]: r["total-bytes"] for r in results} == original
+    # The copy is the reuse's own: deleting the original leaves it whole.
+    assert call(stack, "DELETE", f"/servicex/transformation/{first}")[0] == 200
+    assert {o.key: o.size for o in stack.services.objects.list(again)} == original
+    fresh = submit(stack, files, selection=selection, reuse=False)
+    assert wait_final(stack, fresh)["reused-from"] is None
+
+
+def test_an_edited_input_is_transformed_again(stack: Stack, data_dir: Path) -> None:
+    path = data_dir / f"edited-{stack.kind}.root"
+    generate(path, 2000, seed=7, basket_entries=1000)
+    selection = json.dumps([{"treename": "Events", "filter_name": ["MET_pt"]}])
+    first = submit(stack, [str(path)], selection=selection)
+    wait_final(stack, first)
+    generate(path, 2500, seed=8, basket_entries=1000)
+    second = submit(stack, [str(path)], selection=selection)
+    status = wait_final(stack, second)
+    assert status["reused-from"] is None
+    item = call(stack, "GET", f"/servicex/transformation/{second}/results")[1]["results"][0]
+    assert item["total-events"] == 2500

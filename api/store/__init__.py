@@ -20,9 +20,10 @@ The contract
   lookup is done has a result, the recording transaction sets Complete. Final
   statuses (Complete, Fatal, Canceled, Bad Dataset) are sticky: a completion
   that arrives after Cancel leaves Canceled.
-* **A reused request** (``reused_from`` set) shows the files, counts and results
-  of the request it reuses; :meth:`RequestStore.find_reusable` only returns
-  original requests that completed with no failed file.
+* **A reused request** (``reused_from`` set) names the request whose outputs it
+  was served from; it has its own files, results and objects (copied at submit).
+  :meth:`RequestStore.find_reusable` only returns original requests that
+  completed with no failed file.
 * **Outages are transient.** A database that cannot be reached or drops the
   connection raises :class:`delivery.errors.TransientError` (one line; the API
   answers 503). Integrity errors, i.e. our own bugs, propagate unchanged.

@@ -41,8 +41,9 @@ _VERDICT = ("status", "object_name", "total_bytes", "events_in", "events_out", "
 
 
 def _source() -> ColumnElement[Any]:
-    # A reused request shows the files and results of the request it reuses.
-    return func.coalesce(requests.c.reused_from, requests.c.request_id)
+    # A reused request owns copies of the outputs and its own rows (the API copies
+    # them at submit), so deleting the original never empties it.
+    return requests.c.request_id
 
 
 def _count(table: Any, *where: ColumnElement[bool]) -> Any:

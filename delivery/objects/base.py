@@ -63,6 +63,11 @@ class ObjectStore(ABC):
     @abstractmethod
     def download_url(self, bucket: str, key: str, expires_seconds: int = 600) -> str | None: ...
 
+    @abstractmethod
+    def copy_object(self, src_bucket: str, key: str, dst_bucket: str) -> int:
+        """Copy one object into another bucket (created if needed), server-side where the
+        store can; returns the stored size. Used to serve a request from a cached one."""
+
     def local_path(self, bucket: str, key: str) -> Path | None:
         """The file behind an object, for stores on this machine's disk."""
         return None

@@ -77,6 +77,12 @@ class LocalStore(ObjectStore):
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
 
+    def copy_object(self, src_bucket: str, key: str, dst_bucket: str) -> int:
+        source = self._object_path(src_bucket, key)
+        if not source.is_file():
+            raise FileNotFoundError(f"no object {src_bucket}/{key}")
+        return self.put_file(dst_bucket, key, source)
+
     def size(self, bucket: str, key: str) -> int | None:
         target = self._object_path(bucket, key)
         try:

@@ -194,6 +194,17 @@ class S3Store(ObjectStore):
             )
         return int(stored or 0)
 
+    def copy_object(self, src_bucket: str, key: str, dst_bucket: str) -> int:
+        from minio.commonconfig import CopySource
+
+        for name in (src_bucket, dst_bucket):
+            check_bucket(name)
+        check_key(key)
+        with self._failures(f"copy of {src_bucket}/{key} to {dst_bucket}"):
+            self._ensure_bucket(dst_bucket)
+            self._client.copy_object(dst_bucket, key, CopySource(src_bucket, key))
+            return int(self._client.stat_object(dst_bucket, key).size or 0)
+
     # -- queries -------------------------------------------------------------
 
     def size(self, bucket: str, key: str) -> int | None:
