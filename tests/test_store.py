@@ -339,13 +339,20 @@ def test_find_reusable(store: RequestStore) -> None:
     found = store.find_reusable("k1")
     assert found is not None and found.request_id == good
     reuse = store.create_request(did="file-list", selection="[]", codegen="uproot-raw",
-                                 result_format="parquet", status="Complete", n_files=2,
+                                 result_format="parquet", status="Running", n_files=2,
                                  cache_key="k1", reused_from=good)
     assert store.find_reusable("k1").request_id == good  # type: ignore[union-attr]
-    # The reuse shows the original's files, counts and results (objects live there).
+    # A reuse owns its rows (the API copies outputs and results into it): it starts
+    # empty, fills like any request, and outlives the original's deletion.
+    assert counts(store, reuse) == (2, 0, 0, 2)
+    store.add_files(reuse, [(0, ["a.root"]), (1, ["b.root"])])
+    store.record(ok(reuse, 0))
+    store.record(ok(reuse, 1))
+    store.delete_request(good)
     assert counts(store, reuse) == (2, 2, 0, 0)
-    assert [(r.request_id, r.file_id) for r in store.results(reuse)] == [(good, 0), (good, 1)]
-    assert store.file_paths(reuse) == store.file_paths(good)
+    assert store.get(reuse).status == "Complete"  # type: ignore[union-attr]
+    assert [(r.request_id, r.file_id) for r in store.results(reuse)] == [(reuse, 0), (reuse, 1)]
+    assert store.find_reusable("k1") is None  # only originals are offered
 
 
 def test_datasets_crud(store: RequestStore) -> None:
