@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,6 @@ from delivery.selection import parse_selection
 
 __all__ = ["main"]
 
-DEMO_SELECTION = [{
-    "treename": "Events",
-    "expressions": ["run", "event", "MET_pt", "Muon_pt", "Muon_eta", "Muon_phi", "Muon_charge",
-                    "Muon_pt * cosh(Muon_eta)", "count(Jet_pt > 30)"],
-    "cut": "count(Muon_pt > 20) >= 2 and MET_pt < 200",
-}]  # fmt: skip
 
 
 def _read_selection(text: str) -> Any:
@@ -90,35 +83,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import awkward as ak
+    from delivery.demo import run_demo
 
-    from transformers.generate import generate
-    from transformers.run import run_file
-
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="delivery-demo-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    source = workdir / "nanoaod-like.root"
-    if not source.exists():
-        print(f"generating {args.events:,} NanoAOD-like events into {source} ...")
-        generate(source, args.events, layout="ttree", codec="ZSTD")
-    selection = parse_selection(DEMO_SELECTION)
-    print("selection:", json.dumps(DEMO_SELECTION[0]))
-    result = run_file(str(source), selection, workdir / "out",
-                      policy=SourcePolicy.create([workdir]))
-    if result.error:
-        print(f"error: {result.error}", file=sys.stderr)
-        return 1
-    events = ak.from_parquet(result.output)
-    print(f"transformed {result.events_in:,} events -> {result.events_out:,} passing the cut "
-          f"in {result.seconds:.2f} s ({result.events_in / result.seconds:,.0f} events/s)")
-    print(f"output: {result.output} ({result.bytes / 1e6:.2f} MB parquet)")
-    print("time split (s):", ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
-    print(f"columns: {', '.join(events.fields)}")
-    if len(events):
-        lead = ak.max(events["Muon_pt"], axis=1)
-        print(f"leading muon pt: mean {ak.mean(lead):.1f} GeV; "
-              f"mean jets with pt > 30: {ak.mean(events['count(Jet_pt > 30)']):.2f}")
-    return 0
+    return run_demo(Path(args.workdir) if args.workdir else None, args.events, args.files,
+                    args.workers)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -214,8 +182,10 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--allowed-roots", default=None, help="overrides DELIVERY_ALLOWED_ROOTS")
     w.set_defaults(func=cmd_worker)
 
-    d = sub.add_parser("demo", help="generate a file and transform it on this machine")
-    d.add_argument("--events", type=int, default=200_000)
+    d = sub.add_parser("demo", help="run the whole service on this machine, end to end")
+    d.add_argument("--events", type=int, default=100_000, help="events per generated file")
+    d.add_argument("--files", type=int, default=4)
+    d.add_argument("--workers", type=int, default=2)
     d.add_argument("--workdir", default=None)
     d.set_defaults(func=cmd_demo)
     return p
