@@ -39,10 +39,10 @@ def _call(url: str, method: str = "GET", body: Any = None) -> Any:
 
 
 def run_demo(workdir: Path | None, events: int, files: int, workers: int) -> int:
-    import awkward as ak
-    import pyarrow.parquet as pq
     import logging
 
+    import awkward as ak
+    import pyarrow.parquet as pq
     from werkzeug.serving import make_server
 
     from api.app import create_app
