@@ -6,7 +6,7 @@
   the API when the store is a local directory.
 - ``GET /api/v1/requests/<id>/wait?after=<ISO>&timeout=<s>``: a long poll that returns
   as soon as a result newer than ``after`` exists or the request is final.
-- ``POST /internal/results`` and ``GET /internal/requests/<id>/status``: for workers
+- ``POST /internal/results`` and ``GET /internal/requests/<id>/files/<n>``: for workers
   only, with the service credential (``Authorization: Bearer $DELIVERY_SERVICE_TOKEN``).
 """
 
@@ -108,8 +108,12 @@ def record() -> Any:
     return jsonify({"recorded": bool(changed)})
 
 
-@blueprint.get("/internal/requests/<request_id>/status")
-def internal_status(request_id: str) -> Any:
+@blueprint.get("/internal/requests/<request_id>/files/<int:file_id>")
+def internal_pending(request_id: str, file_id: int) -> Any:
+    """Whether a worker should transform this file: request live and file not done."""
     _service_only()
-    row = services().store.get(request_id)
-    return jsonify({"status": row.status if row else None})
+    svc = services()
+    row = svc.store.get(request_id)
+    live = row is not None and row.status not in FINAL
+    return jsonify({"status": row.status if row else None,
+                    "pending": live and not svc.store.file_done(request_id, file_id)})

@@ -64,8 +64,9 @@ def start_background(services: Services, workers: int) -> Running:
     def dead(task: FileTask, attempts: int) -> Verdict:
         reporter.record(FileReport(
             task.request_id, task.file_id, FAILURE,
-            error=f"the file crashed or stalled its worker on all {attempts} attempts "
-                  "(delivery limit reached; moved to the dead-letter queue)"))
+            error=f"gave up after {attempts} deliveries: each one crashed or stalled its "
+                  "worker, or kept hitting transient errors (delivery limit reached; moved "
+                  "to the dead-letter queue)"))
         return Verdict.ACK
 
     watcher = threading.Thread(target=services.broker.consume_dead, args=(dead, running.stop),

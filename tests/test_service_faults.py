@@ -351,7 +351,7 @@ def test_poison_file_is_dead_lettered_and_the_request_completes(stack: Stack,
     assert failed["file-path"] == str(poison) and failed["file-id"] == 0
     assert failed["transform_status"] == "failure" and failed["s3-object-name"] is None
     error = failed["error"]
-    assert f"on all {limit + 1} attempts" in error, error
+    assert f"gave up after {limit + 1} deliveries" in error, error
     assert "delivery limit" in error and "dead-letter" in error, error
     code, answer = call(stack, "GET", f"/api/v1/requests/{request_id}/files?status=success")
     assert sorted(r["file-path"] for r in answer["files"]) == sorted(str(f) for f in good)

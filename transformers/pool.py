@@ -48,10 +48,9 @@ class _PipeReporter:
         self.conn.send(("record", report))
         self.conn.recv()
 
-    def status(self, request_id: str) -> str | None:
-        self.conn.send(("status", request_id))
-        answer: str | None = self.conn.recv()
-        return answer
+    def pending(self, request_id: str, file_id: int) -> bool:
+        self.conn.send(("pending", (request_id, file_id)))
+        return bool(self.conn.recv())
 
 
 def _child_main(conn: Connection, spec: ChildSpec) -> None:
@@ -104,8 +103,8 @@ class _Slot:
             if kind == "record":
                 self.pool.reporter.record(value)
                 conn.send(True)
-            elif kind == "status":
-                conn.send(self.pool.reporter.status(value))
+            elif kind == "pending":
+                conn.send(self.pool.reporter.pending(*value))
             else:
                 return Verdict(value)
 

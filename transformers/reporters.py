@@ -18,6 +18,8 @@ from typing import Any
 from delivery.errors import TransientError
 from delivery.messages import FileReport
 
+FINAL_STATUSES = ("Complete", "Fatal", "Canceled", "Bad Dataset")
+
 __all__ = ["StoreReporter", "HttpReporter"]
 
 
@@ -31,9 +33,11 @@ class StoreReporter:
         if self.on_record is not None:
             self.on_record()
 
-    def status(self, request_id: str) -> str | None:
+    def pending(self, request_id: str, file_id: int) -> bool:
         row = self.store.get(request_id)
-        return row.status if row else None
+        if row is None or row.status in FINAL_STATUSES:
+            return False
+        return not self.store.file_done(request_id, file_id)
 
 
 class HttpReporter:
@@ -61,6 +65,6 @@ class HttpReporter:
     def record(self, report: FileReport) -> None:
         self._call("POST", "/internal/results", report.to_json())
 
-    def status(self, request_id: str) -> str | None:
-        answer = self._call("GET", f"/internal/requests/{request_id}/status")
-        return answer.get("status") if answer else None
+    def pending(self, request_id: str, file_id: int) -> bool:
+        answer = self._call("GET", f"/internal/requests/{request_id}/files/{file_id}")
+        return bool(answer and answer.get("pending"))

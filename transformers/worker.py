@@ -5,14 +5,16 @@ cancelled; transform it with the engine into a scratch directory; upload the
 output; report the result; only then is the message acknowledged (the
 broker's ``Verdict.ACK``). Permanent errors are reported as the file's failure
 at once. Transient ones (network, store, broker) are retried here with
-backoff, then handed back to the broker, whose delivery limit ends in the
-dead-letter queue. A report is an idempotent upsert, so a redelivered file can
+backoff, stage by stage (a failed upload does not redo the transform), then
+handed back to the broker, whose delivery limit ends in the dead-letter queue.
+A redelivered file that already succeeded is acknowledged without new work. A report is an idempotent upsert, so a redelivered file can
 never be counted twice.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import tempfile
@@ -20,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from delivery.broker.base import Broker, Verdict
 from delivery.errors import PermanentError, TransientError
@@ -28,12 +30,12 @@ from delivery.messages import FAILURE, SUCCESS, FileReport, FileTask
 from delivery.objects.base import ObjectStore
 from delivery.policy import SourcePolicy
 from delivery.selection import parse_selection
-from transformers.run import TransformOptions, transform_file
+from transformers.run import FileResult, TransformOptions, transform_file
 
-__all__ = ["Reporter", "Worker", "FINAL_STATUSES"]
+__all__ = ["Reporter", "Worker"]
 
 log = logging.getLogger("delivery.worker")
-FINAL_STATUSES = ("Complete", "Fatal", "Canceled", "Bad Dataset")
+T = TypeVar("T")
 
 
 class Reporter(Protocol):
@@ -41,7 +43,21 @@ class Reporter(Protocol):
 
     def record(self, report: FileReport) -> None: ...
 
-    def status(self, request_id: str) -> str | None: ...
+    def pending(self, request_id: str, file_id: int) -> bool:
+        """False if the request is gone or final, or the file already succeeded."""
+        ...
+
+
+def _scratch_root(base: Path | None) -> Path:
+    """This process's scratch folder; folders of dead workers (SIGKILLed mid-file) go."""
+    parent = Path(base or tempfile.gettempdir())
+    for old in parent.glob("delivery-worker-*"):
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    mine = parent / f"delivery-worker-{os.getpid()}"
+    mine.mkdir(parents=True, exist_ok=True)
+    return mine
 
 
 class Worker:
@@ -53,46 +69,54 @@ class Worker:
         self.policy = policy
         self.retries = retries
         self.backoff = backoff
-        self.scratch = scratch
+        self.scratch = _scratch_root(scratch)
         self.options = options or (lambda fmt: TransformOptions(format=fmt))
 
     def handle(self, task: FileTask, attempts: int) -> Verdict:
         """Process one task; the return value tells the broker whether to ack it."""
-        status = self.reporter.status(task.request_id)
-        if status is None or status == "Canceled" or status in FINAL_STATUSES:
-            log.info("skipping file %s of %s request %s", task.file_id, status, task.request_id)
+        if not self.reporter.pending(task.request_id, task.file_id):
+            log.info("skipping file %s of %s: request final or file done", task.file_id,
+                     task.request_id)
             return Verdict.ACK
+        work = Path(tempfile.mkdtemp(prefix="file-", dir=self.scratch))
+        try:
+            try:
+                result = self._retrying("transform", task, lambda: self._transform(task, work))
+                output = Path(result.output or "")
+                size = self._retrying("upload", task, lambda: self.objects.put_file(
+                    task.request_id, output.name, output))
+                report = FileReport(task.request_id, task.file_id, SUCCESS,
+                                    object_name=output.name, total_bytes=size,
+                                    events_in=result.events_in, events_out=result.events_out,
+                                    seconds=round(result.seconds, 4))
+            except PermanentError as err:
+                report = FileReport(task.request_id, task.file_id, FAILURE, error=err.reason)
+            self._retrying("report", task, lambda: self.reporter.record(report))
+            return Verdict.ACK
+        except TransientError:
+            return Verdict.REQUEUE
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _retrying(self, stage: str, task: FileTask, step: Callable[[], T]) -> T:
+        """Run one stage, retrying only that stage on transient errors, with backoff."""
         delay = self.backoff
         for attempt in range(1, self.retries + 1):
             try:
-                self.reporter.record(self._transform(task))
-                return Verdict.ACK
-            except PermanentError as err:
-                self.reporter.record(FileReport(task.request_id, task.file_id, FAILURE,
-                                                error=err.reason))
-                return Verdict.ACK
+                return step()
             except TransientError as err:
-                log.warning("file %s of %s: %s (try %d of %d)", task.file_id, task.request_id,
-                            err.reason, attempt, self.retries)
-                if attempt < self.retries:
-                    time.sleep(delay)
-                    delay *= 2
-        return Verdict.REQUEUE
+                log.warning("file %s of %s: %s failed: %s (try %d of %d)", task.file_id,
+                            task.request_id, stage, err.reason, attempt, self.retries)
+                if attempt == self.retries:
+                    raise
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
 
-    def _transform(self, task: FileTask) -> FileReport:
-        work = Path(tempfile.mkdtemp(prefix="delivery-", dir=self.scratch))
-        try:
-            result = transform_file(list(task.replicas), parse_selection(task.selection), work,
-                                    policy=self.policy, request_id=task.request_id,
-                                    options=self.options(task.format))
-            assert result.output is not None
-            output = Path(result.output)
-            size = self.objects.put_file(task.request_id, output.name, output)
-            return FileReport(task.request_id, task.file_id, SUCCESS, object_name=output.name,
-                              total_bytes=size, events_in=result.events_in,
-                              events_out=result.events_out, seconds=round(result.seconds, 4))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+    def _transform(self, task: FileTask, work: Path) -> FileResult:
+        return transform_file(list(task.replicas), parse_selection(task.selection), work,
+                              policy=self.policy, request_id=task.request_id,
+                              options=self.options(task.format))
 
     def run(self, broker: Broker, stop: threading.Event | None = None) -> None:
         """Consume until SIGTERM/SIGINT (or ``stop``); the current file is finished first."""

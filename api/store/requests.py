@@ -40,15 +40,9 @@ _FINAL = sorted(FINAL_STATUSES)
 _VERDICT = ("status", "object_name", "total_bytes", "events_in", "events_out", "seconds", "error")
 
 
-def _source() -> ColumnElement[Any]:
-    # A reused request owns copies of the outputs and its own rows (the API copies
-    # them at submit), so deleting the original never empties it.
-    return requests.c.request_id
-
-
 def _count(table: Any, *where: ColumnElement[bool]) -> Any:
     return (select(func.count()).select_from(table)
-            .where(table.c.request_id == _source(), *where).scalar_subquery())
+            .where(table.c.request_id == requests.c.request_id, *where).scalar_subquery())
 
 
 # Correlated subqueries: counts come from rows at read time, never from counters.
@@ -193,9 +187,8 @@ class RequestStore(DatasetStore):
     def file_paths(self, request_id: str) -> dict[int, str]:
         """``{file_id: display path}`` of the request's files."""
         with self._read() as conn:
-            src = self._source_of(conn, request_id)
             rows = conn.execute(select(request_files.c.file_id, request_files.c.path)
-                                .where(request_files.c.request_id == src)).all()
+                                .where(request_files.c.request_id == request_id)).all()
         return {r.file_id: r.path for r in rows}
 
     def record(self, report: FileReport) -> bool:
@@ -234,16 +227,23 @@ class RequestStore(DatasetStore):
             self._complete_if_done(conn, rid)
             return changed
 
+    def file_done(self, request_id: str, file_id: int) -> bool:
+        """Whether the file already has its success row (a redelivery can skip it)."""
+        with self._read() as conn:
+            found = conn.execute(select(results.c.id).where(
+                results.c.request_id == request_id, results.c.file_id == file_id,
+                results.c.status == SUCCESS)).first()
+        return found is not None
+
     def results(self, request_id: str, later_than: datetime | None = None,
                 status: str | None = None) -> list[ResultRow]:
         """Verdicts in ``created_at`` order, only those strictly after ``later_than``."""
         with self._read() as conn:
-            src = self._source_of(conn, request_id)
             join = results.outerjoin(request_files, and_(
                 request_files.c.request_id == results.c.request_id,
                 request_files.c.file_id == results.c.file_id))
             query = (select(results, request_files.c.path).select_from(join)
-                     .where(results.c.request_id == src)
+                     .where(results.c.request_id == request_id)
                      .order_by(results.c.created_at, results.c.id))
             if later_than is not None:
                 query = query.where(results.c.created_at > later_than)
@@ -263,11 +263,6 @@ class RequestStore(DatasetStore):
                  .where(requests.c.request_id == request_id).with_for_update(key_share=True))
         row = conn.execute(query).first()
         return None if row is None else (row.status, row.failure_info)
-
-    @staticmethod
-    def _source_of(conn: Connection, request_id: str) -> str:
-        found = conn.execute(select(_source()).where(requests.c.request_id == request_id))
-        return found.scalar() or request_id
 
     @staticmethod
     def _next_stamp(conn: Connection, request_id: str) -> datetime:
