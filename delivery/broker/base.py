@@ -25,13 +25,16 @@ Contract, the same for every backend:
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 from delivery.messages import FileTask
 
-__all__ = ["Broker", "Verdict", "Handler", "DEFAULT_DELIVERY_LIMIT"]
+__all__ = ["Broker", "Verdict", "Handler", "DEFAULT_DELIVERY_LIMIT", "call_handler"]
+
+log = logging.getLogger("delivery.broker")
 
 DEFAULT_DELIVERY_LIMIT = 3
 
@@ -43,6 +46,17 @@ class Verdict(enum.Enum):
 
 # handler(task, attempts) -> Verdict; attempts is 1 on the first delivery.
 Handler = Callable[[FileTask, int], Verdict]
+
+
+def call_handler(handler: Handler, task: FileTask, attempts: int) -> Verdict:
+    """The handler's verdict; an exception (logged) or a non-verdict puts the task back."""
+    try:
+        verdict = handler(task, attempts)
+    except Exception:
+        log.exception("handler failed on %s file %d (attempt %d); putting it back",
+                      task.request_id, task.file_id, attempts)
+        return Verdict.REQUEUE
+    return verdict if isinstance(verdict, Verdict) else Verdict.REQUEUE
 
 
 class Broker(ABC):

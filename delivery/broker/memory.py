@@ -18,7 +18,7 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 
-from delivery.broker.base import DEFAULT_DELIVERY_LIMIT, Broker, Handler, Verdict
+from delivery.broker.base import DEFAULT_DELIVERY_LIMIT, Broker, Handler, Verdict, call_handler
 from delivery.messages import FileTask
 
 __all__ = ["MemoryBroker"]
@@ -80,10 +80,7 @@ class MemoryBroker(Broker):
             task, attempts = entry
             verdict = Verdict.REQUEUE
             try:
-                verdict = handler(task, attempts)
-            except Exception:
-                log.exception("handler failed on %s file %d (attempt %d); putting it back",
-                              task.request_id, task.file_id, attempts)
+                verdict = call_handler(handler, task, attempts)
             finally:  # also on BaseException (KeyboardInterrupt...): the task is not lost
                 if verdict is not Verdict.ACK:
                     self._put_back(task, attempts, dead=dead)

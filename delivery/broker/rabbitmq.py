@@ -36,7 +36,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from delivery.broker.base import DEFAULT_DELIVERY_LIMIT, Broker, Handler, Verdict
+from delivery.broker.base import DEFAULT_DELIVERY_LIMIT, Broker, Handler, Verdict, call_handler
 from delivery.errors import TransientError
 from delivery.messages import FileTask
 
@@ -313,12 +313,9 @@ class RabbitBroker(Broker):
         def work() -> None:
             verdict = Verdict.REQUEUE
             try:
-                verdict = handler(task, attempts)
-            except Exception:
-                log.exception("handler failed on %s file %d (attempt %d); putting it back",
-                              task.request_id, task.file_id, attempts)
+                verdict = call_handler(handler, task, attempts)
             finally:
-                verdicts.append(verdict if isinstance(verdict, Verdict) else Verdict.REQUEUE)
+                verdicts.append(verdict)
                 done.set()
                 try:
                     conn.add_callback_threadsafe(lambda: None)  # wake the I/O thread now
