@@ -246,3 +246,18 @@ def test_an_edited_input_is_transformed_again(stack: Stack, data_dir: Path) -> N
     assert status["reused-from"] is None
     item = call(stack, "GET", f"/servicex/transformation/{second}/results")[1]["results"][0]
     assert item["total-events"] == 2500
+
+
+def test_dataset_endpoints(stack: Stack, data_dir: Path) -> None:
+    request_id = submit(stack, did=f"{data_dir}/nano*.root",
+                        selection=json.dumps([{"treename": "Events", "filter_name": "nJet"}]))
+    status = wait_final(stack, request_id)
+    code, listing = call(stack, "GET", "/servicex/datasets")
+    assert code == 200
+    (mine,) = [d for d in listing["datasets"] if d["id"] == status["did_id"]]
+    assert (mine["name"], mine["did_finder"], mine["lookup_status"], mine["n_files"]) == \
+        (f"{data_dir}/nano*.root", "local", "complete", 3)
+    assert call(stack, "GET", f"/servicex/datasets/{mine['id']}")[1]["name"] == mine["name"]
+    code, answer = call(stack, "DELETE", f"/servicex/datasets/{mine['id']}")
+    assert code == 200 and answer["stale"] is True
+    assert call(stack, "GET", "/servicex/datasets/999999")[0] == 404

@@ -194,13 +194,15 @@ class Reaper(threading.Thread):
     """
 
     def __init__(self, stack: Stack, target: Path, *, times: int | None = 1,
-                 delay: float = 0.0, replace: bool = True) -> None:
+                 delay: float = 0.0, replace: bool = True,
+                 sig: signal.Signals = signal.SIGKILL) -> None:
         super().__init__(name=f"reaper-{target.name}", daemon=True)
         self.stack = stack
         self.target = os.path.realpath(target)
         self.times = times
         self.delay = delay
         self.replace = replace and stack.kind == "real"
+        self.sig = sig
         self.victims: list[int] = []
         self.scratch: set[Path] = set()
         self.halt = threading.Event()
@@ -228,8 +230,9 @@ class Reaper(threading.Thread):
         # SIGKILLed worker cannot remove it, and it would stay behind in /tmp.
         if self.delay:
             time.sleep(self.delay)
-        self.scratch.add(scratch)
-        os.kill(pid, signal.SIGKILL)
+        if self.sig == signal.SIGKILL:
+            self.scratch.add(scratch)
+        os.kill(pid, self.sig)
         self.victims.append(pid)
         if self.replace:
             start_worker(self.stack)
@@ -325,6 +328,26 @@ def test_worker_killed_mid_file_loses_and_duplicates_nothing(stack: Stack,
         assert len(survivors) == len(before) - 1
         assert all(p.poll() is None for p in survivors), worker_logs(stack)
     forget(stack, request_id)
+
+
+def test_sigterm_finishes_the_current_file_then_exits(real: Stack, data_dir: Path) -> None:
+    """SIGTERM mid-file: the worker finishes that file, acks it, and exits cleanly."""
+    ensure_workers(real, 2)
+    files = inputs(data_dir, "term", 4)
+    with reaping(real, files[0], times=1, replace=False, sig=signal.SIGTERM) as reaper:
+        request_id = submit(real, [str(f) for f in files], selection=SELECTION)
+        wait_until("the worker to get SIGTERM", lambda: reaper.victims, timeout=60)
+        (victim,) = reaper.victims
+        (proc,) = [p for p in real.workers if p.pid == victim]
+        assert proc.wait(timeout=60) == 0, worker_logs(real)
+    # Its file was finished and recorded by it (its own log says so), and nothing ran twice.
+    assert any(f"file 0 of {request_id} recorded: success" in line
+               for line in _logs.get(victim, [])), worker_logs(real)
+    assert_exactly_once(real, request_id, files)
+    assert not [r for r in call(real, "GET", f"/api/v1/requests/{request_id}/files")[1]["files"]
+                if r["transform_status"] != "success"]
+    ensure_workers(real, 2)
+    forget(real, request_id)
 
 
 # ---------------------------------------------------------------------------

@@ -92,6 +92,8 @@ class Worker:
             except PermanentError as err:
                 report = FileReport(task.request_id, task.file_id, FAILURE, error=err.reason)
             self._retrying("report", task, lambda: self.reporter.record(report))
+            log.info("file %d of %s recorded: %s, %d events out, %d bytes", task.file_id,
+                     task.request_id, report.status, report.events_out, report.total_bytes)
             return Verdict.ACK
         except TransientError:
             return Verdict.REQUEUE
