@@ -39,7 +39,7 @@ def owned(request_id: str) -> Any:
 
 
 def status_object(row: Any, svc: Services) -> dict[str, Any]:
-    c = svc.store.counts(row.request_id)
+    c = row.counts  # read with the row, in the same query: one consistent snapshot
     return {
         "request_id": row.request_id,
         "did": row.did,

@@ -59,8 +59,7 @@ class RequestRow:
 
 @dataclass(frozen=True)
 class ResultRow:
-    """One file's verdict. ``request_id`` is the request whose outputs hold the object
-    (the earlier request for a reused one); ``path`` is the file's display path."""
+    """One file's verdict; ``path`` is the file's display path."""
 
     id: int
     request_id: str
