@@ -50,7 +50,8 @@ def status_object(row: Any, svc: Services) -> dict[str, Any]:
         "image": "columnar-delivery",
         "result-destination": row.result_destination,
         "result-format": row.result_format,
-        "generated-code-cm": None,
+        # a string: the servicex client (3.3.1) refuses a status whose value is null
+        "generated-code-cm": f"{row.request_id}-generated-source",
         "status": row.status,
         "failure-info": row.failure_info,
         "app-version": __version__,
@@ -148,9 +149,27 @@ def delete(request_id: str) -> Any:
     return jsonify({"message": f"deleted transformation request {request_id}"})
 
 
+# The servicex client reads lookup_status as one of its own codes (anything else
+# crashes it), so the code says why in its words and lookup_message in ours.
+_LOOKUP_OK = ("complete", "looking", "stale")
+
+
+def _lookup_code(status: str | None) -> str:
+    text = (status or "").lower()
+    if text in _LOOKUP_OK:
+        return text
+    if "no finder" in text or "must be" in text or "name one file" in text:
+        return "bad_name"
+    if "no files match" in text or "cannot list" in text or "cannot reach" in text:
+        return "does_not_exist"
+    return "internal_failure"
+
+
 def _dataset(d: Any) -> dict[str, Any]:
     return {"id": d.id, "name": d.name, "did_finder": d.did_finder,
-            "lookup_status": d.lookup_status, "n_files": d.n_files, "size": d.size,
+            "lookup_status": _lookup_code(d.lookup_status),
+            "lookup_message": d.lookup_status, "n_files": d.n_files or 0, "size": d.size or 0,
+            "events": 0, "is_stale": d.lookup_status == "stale",
             "last_used": _iso(d.last_used), "last_updated": _iso(d.last_updated),
             "files": []}
 

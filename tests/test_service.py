@@ -181,7 +181,10 @@ def test_unknown_did_scheme_is_bad_dataset(stack: Stack) -> None:
     status = wait_final(stack, request_id, timeout=10)
     assert status["status"] == "Bad Dataset"
     code, dataset = call(stack, "GET", f"/servicex/datasets/{status['did_id']}")
-    assert code == 200 and "no finder configured for rucio" in dataset["lookup_status"]
+    # lookup_status holds the servicex client's code for the reason; our sentence is beside it.
+    assert code == 200 and dataset["lookup_status"] == "bad_name"
+    assert "no finder configured for rucio" in dataset["lookup_message"]
+    assert "no finder configured for rucio" in status["failure-info"]
 
 
 def test_local_glob_did_with_a_deterministic_subset(stack: Stack, data_dir: Path) -> None:
