@@ -88,6 +88,9 @@ def test_environment_configuration(root: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def test_public_api_is_pinned() -> None:
     assert sorted(delivery.__all__) == sorted([
-        "DeliveryError", "InputError", "PermanentError", "PolicyError", "Selection",
-        "SelectionError", "TransientError", "__version__", "parse_selection",
+        "Client", "Delivery", "DeliveryError", "DeliveryFailed", "InputError",
+        "PermanentError", "PolicyError", "Query", "Selection", "SelectionError",
+        "ServerRefused", "TransientError", "__version__", "deliver", "parse_selection",
     ])
+    for name in delivery.__all__:
+        assert getattr(delivery, name) is not None

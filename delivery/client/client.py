@@ -1,0 +1,240 @@
+"""The client of one service: submit, follow with the long poll, download safely.
+
+Contracts:
+
+- :meth:`Client.follow` uses the long poll only; it ends when the request is
+  final and (for ``Complete``) the counts add up, and raises
+  :class:`DeliveryStalled` if they do not within ``grace`` seconds, if nothing
+  changes for ``stall_timeout`` seconds, or after ``deadline`` seconds.
+- :meth:`Client.download` writes to a hidden temporary file in ``dest_dir``,
+  checks its size against ``total-bytes`` and only then renames it into place:
+  a partial file is never visible under its final name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from delivery.client.http import Http
+from delivery.client.query import selection_json
+from delivery.errors import PermanentError, TransientError
+
+FINAL = ("Complete", "Fatal", "Canceled", "Bad Dataset")
+FORMATS = ("parquet", "root-file", "arrow")
+_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class FileFailure:
+    """One file (``path``) or a whole request (``path is None``) that gave no output."""
+
+    sample: str
+    path: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.sample}: {self.path or 'whole request'}: {self.reason}"
+
+
+class DeliveryFailed(PermanentError):
+    """Some files (or whole requests) failed; ``failures`` lists each with its reason."""
+
+    def __init__(self, failures: list[FileFailure]) -> None:
+        self.failures = list(failures)
+        super().__init__(f"{len(failures)} failure(s): " + "; ".join(map(str, failures)))
+
+
+class DeliveryStalled(TransientError):
+    """The server made no progress in time, or reports counts that never add up."""
+
+
+class TruncatedDownload(TransientError):
+    """A downloaded file is not as long as the server said."""
+
+
+def verify_size(path: Path, expected: int) -> None:
+    """Raise :class:`TruncatedDownload` unless ``path`` holds exactly ``expected`` bytes."""
+    size = path.stat().st_size
+    if size != expected:
+        raise TruncatedDownload(f"{path.name}: got {size} bytes, expected {expected}")
+
+
+def _when(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _counts(status: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (status.get("status"), status.get("files"), status.get("files-completed"),
+            status.get("files-failed"))
+
+
+class Client:
+    """One service at ``url``; thread-safe. Use as a context manager or call ``close``."""
+
+    def __init__(self, url: str, token: str | None = None, *, timeout: float = 30.0,
+                 retries: int = 3, backoff: float = 0.25) -> None:
+        self.http = Http(url, token=token, timeout=timeout, retries=retries, backoff=backoff)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(self, sample: Mapping[str, Any]) -> str:
+        """Submit one sample of a spec (validated locally first); its request id."""
+        body = request_body(sample)
+        answer = self.http.request("POST", "/servicex/transformation", json=body)
+        return str(answer["request_id"])
+
+    def status(self, request_id: str) -> dict[str, Any]:
+        """The ServiceX status object of the request."""
+        found: dict[str, Any] = self.http.get(f"/servicex/transformation/{request_id}")
+        return found
+
+    def failures(self, request_id: str) -> list[dict[str, Any]]:
+        """Result items of the failed files, each with ``file-path`` and ``error``."""
+        answer = self.http.get(f"/api/v1/requests/{request_id}/files", status="failure")
+        return list(answer["files"])
+
+    def follow(self, request_id: str, *, poll: float = 30.0, deadline: float | None = None,
+               stall_timeout: float = 900.0, grace: float = 10.0) -> Iterator[dict[str, Any]]:
+        """Yield each result item once, as soon as it exists, until the request is final.
+
+        Raises :class:`DeliveryStalled` after ``deadline`` seconds in all, after
+        ``stall_timeout`` seconds without a new result or count change, or when a
+        ``Complete`` request's counts do not add up for ``grace`` seconds.
+        """
+        start = time.monotonic()
+        end = start + deadline if deadline is not None else None
+        seen: set[Any] = set()
+        after: datetime | None = None
+        last_change, last_counts = start, None
+        odd_since: float | None = None
+        while True:
+            now = time.monotonic()
+            if end is not None and now >= end:
+                raise DeliveryStalled(f"request {request_id} not finished after "
+                                      f"{deadline:g} s (deadline)")
+            if now - last_change > stall_timeout:
+                raise DeliveryStalled(f"request {request_id} made no progress for "
+                                      f"{stall_timeout:g} s; last status {last_counts}")
+            wait = max(0.0, min(poll, (end - now) if end is not None else poll,
+                                stall_timeout - (now - last_change) + 0.01))
+            params: dict[str, Any] = {"timeout": f"{wait:.3f}"}
+            if after is not None:
+                params["after"] = after.isoformat()
+            news = self.http.request("GET", f"/api/v1/requests/{request_id}/wait",
+                                     params=params, timeout=wait + self.http.timeout)
+            status = news["status"]
+            items = list(news["results"])
+            if status["status"] in FINAL:
+                # One full sweep: nothing can be missed even if two results share a time.
+                items += self.http.get(f"/servicex/transformation/{request_id}/results")[
+                    "results"]
+            for item in items:
+                when = _when(item["created_at"])
+                after = when if after is None or when > after else after
+                if item["file-id"] in seen:
+                    continue
+                seen.add(item["file-id"])
+                last_change = time.monotonic()
+                yield item
+            if _counts(status) != last_counts:
+                last_counts, last_change = _counts(status), time.monotonic()
+            if status["status"] not in FINAL:
+                continue
+            done = (status["files-completed"] or 0) + (status["files-failed"] or 0)
+            if status["status"] != "Complete" or (done == status["files"] and len(seen) >= done):
+                return
+            odd_since = odd_since if odd_since is not None else time.monotonic()
+            if time.monotonic() - odd_since > grace:
+                raise DeliveryStalled(
+                    f"request {request_id} is Complete but its counts do not add up: "
+                    f"{status['files-completed']} completed + {status['files-failed']} failed "
+                    f"of {status['files']} files, {len(seen)} results seen")
+            time.sleep(min(0.5, grace))
+
+    def download(self, request_id: str, item: Mapping[str, Any], dest_dir: str | Path, *,
+                 attempts: int = 3) -> Path:
+        """Download one successful result into ``dest_dir``; its final path.
+
+        Streams to a hidden ``.part`` file, verifies its size equals
+        ``total-bytes``, then renames it into place. A short or broken transfer
+        is retried (``attempts`` in all) and finally raises
+        :class:`TruncatedDownload` or :class:`~delivery.errors.TransientError`;
+        no partial file is left behind.
+        """
+        dest_dir = Path(dest_dir)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        file_id = item["file-id"]
+        name = Path(str(item.get("s3-object-name") or "")).name
+        if name in ("", ".", "..") or name.startswith("."):
+            name = f"file-{file_id}"
+        final = dest_dir / name
+        expected = int(item["total-bytes"])
+        path = f"/api/v1/requests/{request_id}/files/{file_id}/download"
+        error: TransientError | None = None
+        for n in range(attempts):
+            if n:
+                time.sleep(self.http.backoff * 2 ** (n - 1))
+            part = dest_dir / f".{name}.{uuid.uuid4().hex[:8]}.part"
+            try:
+                with self.http.stream(path) as response, part.open("wb") as out:
+                    for chunk in response.iter_bytes(1 << 20):
+                        out.write(chunk)
+                verify_size(part, expected)
+                os.replace(part, final)
+                return final
+            except TransientError as err:
+                error = err
+            finally:
+                part.unlink(missing_ok=True)
+        assert error is not None
+        raise type(error)(f"download of file {file_id} of {request_id} failed after "
+                          f"{attempts} attempts: {error.reason}")
+
+
+def request_body(sample: Mapping[str, Any]) -> dict[str, Any]:
+    """The ServiceX request body for one sample; validates the query locally.
+
+    Raises ``ValueError`` for a malformed sample and
+    :class:`~delivery.errors.SelectionError` for a bad query.
+    """
+    if not isinstance(sample, Mapping):
+        raise ValueError(f"a sample must be a mapping, not {type(sample).__name__}")
+    unknown = sorted(set(sample) - {"Name", "Dataset", "Query", "Format"})
+    if unknown:
+        raise ValueError(f"unknown sample key {unknown[0]!r}; use Name, Dataset, Query, Format")
+    name = sample.get("Name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"sample Name must match {_NAME.pattern}, not {name!r}")
+    fmt = sample.get("Format", "parquet")
+    if fmt not in FORMATS:
+        raise ValueError(f"sample {name}: Format must be one of {', '.join(FORMATS)}")
+    if "Query" not in sample:
+        raise ValueError(f"sample {name}: Query is required")
+    selection = selection_json(sample["Query"])
+    dataset = sample.get("Dataset")
+    body: dict[str, Any] = {"title": name, "selection": selection, "codegen": "uproot-raw",
+                            "result-destination": "object-store", "result-format": fmt}
+    if isinstance(dataset, str) and dataset:
+        body["did"] = dataset
+    elif isinstance(dataset, list | tuple) and dataset and all(
+            isinstance(f, str | os.PathLike) for f in dataset):
+        body["file-list"] = [os.fspath(f) for f in dataset]
+    else:
+        raise ValueError(f"sample {name}: Dataset must be a DID string or a non-empty list "
+                         "of file paths")
+    return body
