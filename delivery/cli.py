@@ -188,6 +188,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--workdir", default=None)
     d.set_defaults(func=cmd_demo)
+
+    from delivery.client.commands import register  # submit, status, list, get, ...
+
+    register(sub)
     return p
 
 

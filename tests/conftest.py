@@ -36,3 +36,10 @@ def policy(tmp_path: Path) -> SourcePolicy:
 
 # The real-server fixtures (XRootD, HTTP with ranges, S3) live in their own module.
 from conftest_servers import http_url_dir, s3_endpoint, xrootd_url_dir  # noqa: E402, F401
+
+
+@pytest.fixture(autouse=True)
+def _private_client_cache(tmp_path_factory: pytest.TempPathFactory,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read or write the user's own client cache."""
+    monkeypatch.setenv("DELIVERY_CACHE", str(tmp_path_factory.mktemp("client-cache")))

@@ -108,6 +108,41 @@ class Client:
         answer = self.http.get(f"/api/v1/requests/{request_id}/files", status="failure")
         return list(answer["files"])
 
+    def list_requests(self) -> list[dict[str, Any]]:
+        """The status objects of every request the service knows."""
+        return list(self.http.get("/servicex/transformation")["requests"])
+
+    def results(self, request_id: str, status: str | None = None) -> list[dict[str, Any]]:
+        """Result items of the request's files; ``status`` is ``success``, ``failure`` or all."""
+        params = {"status": status} if status is not None else {}
+        answer = self.http.get(f"/api/v1/requests/{request_id}/files", **params)
+        return list(answer["files"])
+
+    def cancel(self, request_id: str) -> str:
+        """Cancel a request that has not finished; the server's message.
+
+        Cancelling is idempotent on the server (an already canceled request
+        answers 200), so this uses the protocol's ``GET`` form, which the HTTP
+        layer may retry safely. A request that already ended otherwise is a
+        :class:`~delivery.client.http.ServerRefused` with status 409.
+        """
+        answer = self.http.get(f"/servicex/transformation/{request_id}/cancel")
+        return str(answer.get("message", f"canceled {request_id}"))
+
+    def delete(self, request_id: str) -> str:
+        """Delete a request, its results and its outputs (idempotent); the server's message."""
+        answer = self.http.request("DELETE", f"/servicex/transformation/{request_id}")
+        return str(answer.get("message", f"deleted {request_id}"))
+
+    def datasets(self) -> list[dict[str, Any]]:
+        """The datasets (DIDs and file lists) the service has looked up."""
+        return list(self.http.get("/servicex/datasets")["datasets"])
+
+    def dataset(self, dataset_id: int | str) -> dict[str, Any]:
+        """One dataset by its numeric id."""
+        found: dict[str, Any] = self.http.get(f"/servicex/datasets/{dataset_id}")
+        return found
+
     def follow(self, request_id: str, *, poll: float = 30.0, deadline: float | None = None,
                stall_timeout: float = 900.0, grace: float = 10.0) -> Iterator[dict[str, Any]]:
         """Yield each result item once, as soon as it exists, until the request is final.
