@@ -74,7 +74,7 @@ def result_item(r: Any, row: Any, path: str | None) -> dict[str, Any]:
         "file-path": path, "transform_status": r.status, "transform_time": r.seconds,
         "total-events": r.events_out, "total-bytes": r.total_bytes, "avg-rate": rate,
         "s3-object-name": r.object_name, "created_at": r.created_at.isoformat(),
-        "error": r.error,
+        "error": r.error, "sha256": r.sha256,
     }
 
 

@@ -63,7 +63,7 @@ def _serve_from_cache(services: Services, request_id: str, original: Any) -> boo
         for r in store.results(original.request_id, status=SUCCESS):
             size = objects.copy_object(original.request_id, r.object_name, request_id)
             store.record(FileReport(request_id, r.file_id, SUCCESS, object_name=r.object_name,
-                                    total_bytes=size, events_in=r.events_in,
+                                    total_bytes=size, sha256=r.sha256, events_in=r.events_in,
                                     events_out=r.events_out, seconds=0.0))
     except (DeliveryError, OSError) as err:
         log.warning("cache copy from %s failed (%s); transforming instead",

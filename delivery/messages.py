@@ -42,6 +42,7 @@ class FileReport:
     status: str  # SUCCESS or FAILURE
     object_name: str | None = None
     total_bytes: int = 0
+    sha256: str | None = None  # of the stored object, so clients can verify what they got
     events_in: int = 0
     events_out: int = 0
     seconds: float = 0.0

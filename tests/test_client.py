@@ -131,6 +131,15 @@ def test_download_with_a_wrong_size_is_retried_then_refused(client: Client, data
     assert list(tmp_path.iterdir()) == []  # nothing partial is exposed
     good = client.download(rid, item, tmp_path)
     assert good.stat().st_size == item["total-bytes"]
+    # The server's checksum is the stored bytes' own; a different one is refused.
+    import hashlib
+
+    assert item["sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
+    other = tmp_path / "other"
+    forged = {**item, "sha256": "0" * 64}
+    with pytest.raises(TruncatedDownload, match="checksum"):
+        client.download(rid, forged, other, attempts=1)
+    assert list(other.iterdir()) == []
 
 
 def test_bad_selections_are_refused_before_any_http_call() -> None:

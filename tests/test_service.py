@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -110,6 +111,7 @@ def test_a_request_completes_with_exact_results(stack: Stack, data_dir: Path) ->
     assert "/" not in item["s3-object-name"]
     code, body = call(stack, "GET", f"/api/v1/requests/{request_id}/files/0/download")
     assert code == 200 and len(body) == item["total-bytes"]
+    assert item["sha256"] == hashlib.sha256(body).hexdigest()
     assert stack.services.objects.size(request_id, item["s3-object-name"]) == item["total-bytes"]
     out = tmp_parquet(body)
     direct = uproot.open(data_dir / "hzz.root")["events"].arrays(["NMuon", "Muon_Px", "MET_px"])

@@ -13,6 +13,7 @@ never be counted twice.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -46,6 +47,14 @@ class Reporter(Protocol):
     def pending(self, request_id: str, file_id: int) -> bool:
         """False if the request is gone or final, or the file already succeeded."""
         ...
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _scratch_root(base: Path | None) -> Path:
@@ -83,10 +92,11 @@ class Worker:
             try:
                 result = self._retrying("transform", task, lambda: self._transform(task, work))
                 output = Path(result.output or "")
+                digest = _sha256(output)
                 size = self._retrying("upload", task, lambda: self.objects.put_file(
                     task.request_id, output.name, output))
                 report = FileReport(task.request_id, task.file_id, SUCCESS,
-                                    object_name=output.name, total_bytes=size,
+                                    object_name=output.name, total_bytes=size, sha256=digest,
                                     events_in=result.events_in, events_out=result.events_out,
                                     seconds=round(result.seconds, 4))
             except PermanentError as err:

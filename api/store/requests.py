@@ -37,7 +37,8 @@ __all__ = ["RequestStore"]
 _TICK = timedelta(microseconds=1)
 _FINAL = sorted(FINAL_STATUSES)
 # The fields of a verdict; a report identical in all of them changes nothing.
-_VERDICT = ("status", "object_name", "total_bytes", "events_in", "events_out", "seconds", "error")
+_VERDICT = ("status", "object_name", "total_bytes", "sha256", "events_in", "events_out",
+            "seconds", "error")
 
 
 def _count(table: Any, *where: ColumnElement[bool]) -> Any:

@@ -67,6 +67,7 @@ class ResultRow:
     status: str
     object_name: str | None
     total_bytes: int
+    sha256: str | None
     events_in: int
     events_out: int
     seconds: float

@@ -118,6 +118,7 @@ results = Table(
     Column("status", String(16), nullable=False),
     Column("object_name", Text),
     Column("total_bytes", BigInteger, nullable=False, default=0),
+    Column("sha256", String(64)),
     Column("events_in", BigInteger, nullable=False, default=0),
     Column("events_out", BigInteger, nullable=False, default=0),
     Column("seconds", Float, nullable=False, default=0.0),

@@ -7,12 +7,13 @@ Contracts:
   :class:`DeliveryStalled` if they do not within ``grace`` seconds, if nothing
   changes for ``stall_timeout`` seconds, or after ``deadline`` seconds.
 - :meth:`Client.download` writes to a hidden temporary file in ``dest_dir``,
-  checks its size against ``total-bytes`` and only then renames it into place:
+  checks its size and SHA-256 against the server's and only then renames it into place:
   a partial file is never visible under its final name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -57,7 +58,7 @@ class DeliveryStalled(TransientError):
 
 
 class TruncatedDownload(TransientError):
-    """A downloaded file is not as long as the server said."""
+    """A downloaded file is not as long as the server said, or not the bytes it said."""
 
 
 def verify_size(path: Path, expected: int) -> None:
@@ -65,6 +66,18 @@ def verify_size(path: Path, expected: int) -> None:
     size = path.stat().st_size
     if size != expected:
         raise TruncatedDownload(f"{path.name}: got {size} bytes, expected {expected}")
+
+
+def verify_sha256(path: Path, expected: str | None) -> None:
+    """Raise :class:`TruncatedDownload` if the file's SHA-256 differs from the server's."""
+    if not expected:
+        return  # an older server recorded none; the size check still applies
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != expected:
+        raise TruncatedDownload(f"{path.name}: content differs from the server's checksum")
 
 
 def _when(text: str) -> datetime:
@@ -206,7 +219,7 @@ class Client:
         """Download one successful result into ``dest_dir``; its final path.
 
         Streams to a hidden ``.part`` file, verifies its size equals
-        ``total-bytes``, then renames it into place. A short or broken transfer
+        ``total-bytes`` and its SHA-256 the server's ``sha256``, then renames it into place. A short or broken transfer
         is retried (``attempts`` in all) and finally raises
         :class:`TruncatedDownload` or :class:`~delivery.errors.TransientError`;
         no partial file is left behind.
@@ -230,6 +243,7 @@ class Client:
                     for chunk in response.iter_bytes(1 << 20):
                         out.write(chunk)
                 verify_size(part, expected)
+                verify_sha256(part, item.get("sha256"))
                 os.replace(part, final)
                 return final
             except TransientError as err:
