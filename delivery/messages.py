@@ -7,11 +7,13 @@ a redelivered or repeated report never double-counts.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["FileTask", "FileReport", "SUCCESS", "FAILURE"]
+__all__ = ["FileTask", "FileReport", "SUCCESS", "FAILURE", "file_sha256"]
 
 SUCCESS = "success"
 FAILURE = "failure"
@@ -55,3 +57,12 @@ class FileReport:
     def from_json(cls, data: dict[str, Any]) -> FileReport:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 a report carries for an output, and a client checks after download."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

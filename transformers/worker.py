@@ -13,7 +13,6 @@ never be counted twice.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -27,7 +26,7 @@ from typing import Protocol, TypeVar
 
 from delivery.broker.base import Broker, Verdict
 from delivery.errors import PermanentError, TransientError
-from delivery.messages import FAILURE, SUCCESS, FileReport, FileTask
+from delivery.messages import FAILURE, SUCCESS, FileReport, FileTask, file_sha256
 from delivery.objects.base import ObjectStore
 from delivery.policy import SourcePolicy
 from delivery.selection import parse_selection
@@ -47,14 +46,6 @@ class Reporter(Protocol):
     def pending(self, request_id: str, file_id: int) -> bool:
         """False if the request is gone or final, or the file already succeeded."""
         ...
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _scratch_root(base: Path | None) -> Path:
@@ -92,7 +83,7 @@ class Worker:
             try:
                 result = self._retrying("transform", task, lambda: self._transform(task, work))
                 output = Path(result.output or "")
-                digest = _sha256(output)
+                digest = file_sha256(output)
                 size = self._retrying("upload", task, lambda: self.objects.put_file(
                     task.request_id, output.name, output))
                 report = FileReport(task.request_id, task.file_id, SUCCESS,

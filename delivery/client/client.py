@@ -13,7 +13,6 @@ Contracts:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import time
@@ -27,6 +26,7 @@ from typing import Any
 from delivery.client.http import Http
 from delivery.client.query import selection_json
 from delivery.errors import PermanentError, TransientError
+from delivery.messages import file_sha256
 
 FINAL = ("Complete", "Fatal", "Canceled", "Bad Dataset")
 FORMATS = ("parquet", "root-file", "arrow")
@@ -72,11 +72,7 @@ def verify_sha256(path: Path, expected: str | None) -> None:
     """Raise :class:`TruncatedDownload` if the file's SHA-256 differs from the server's."""
     if not expected:
         return  # an older server recorded none; the size check still applies
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    if h.hexdigest() != expected:
+    if file_sha256(path) != expected:
         raise TruncatedDownload(f"{path.name}: content differs from the server's checksum")
 
 
