@@ -588,7 +588,7 @@ def test_concurrent_duplicate_reports_change_nothing(real: Stack, data_dir: Path
     assert row.status == "success"
     report = {"request_id": request_id, "file_id": row.file_id, "status": row.status,
               "object_name": row.object_name, "total_bytes": row.total_bytes,
-              "events_in": row.events_in, "events_out": row.events_out,
+              "sha256": row.sha256, "events_in": row.events_in, "events_out": row.events_out,
               "seconds": row.seconds, "error": row.error}
     headers = {"Authorization": f"Bearer {real.env['DELIVERY_SERVICE_TOKEN']}"}
 
