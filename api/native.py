@@ -17,10 +17,11 @@ import time
 from typing import Any
 
 from flask import Blueprint, jsonify, redirect, request, send_file
+from sqlalchemy.exc import IntegrityError
 
 from api.errors import ApiError, Forbidden, NotFound, Unauthorized, read_json
 from api.servicex import FINAL, owned, parse_time, result_item, services, status_object
-from delivery.messages import FileReport
+from delivery.messages import FAILURE, SUCCESS, FileReport
 
 __all__ = ["blueprint"]
 
@@ -100,10 +101,15 @@ def record() -> Any:
         report = FileReport.from_json(body)
     except (TypeError, ValueError) as err:
         raise ApiError(f"bad report: {err}") from None
+    if not isinstance(report.file_id, int) or report.status not in (SUCCESS, FAILURE):
+        raise ApiError("bad report: file_id must be an integer and status success or failure")
     svc = services()
     if svc.store.get(report.request_id) is None:
         raise NotFound(f"no transformation request {report.request_id}")
-    changed = svc.store.record(report)
+    try:
+        changed = svc.store.record(report)
+    except IntegrityError:  # the foreign key: no such file in that request
+        raise NotFound(f"request {report.request_id} has no file {report.file_id}") from None
     svc.news.publish()
     return jsonify({"recorded": bool(changed)})
 

@@ -142,8 +142,11 @@ def cancel(request_id: str) -> Any:
 def delete(request_id: str) -> Any:
     svc = services()
     row = svc.store.get(request_id)
-    if row is not None and row.status not in FINAL:
+    if row is None:  # already deleted (or never existed): deleting is idempotent
+        return jsonify({"message": f"no transformation request {request_id}; nothing to delete"})
+    if row.status not in FINAL:
         svc.store.set_status(request_id, "Canceled", failure_info="deleted by the user")
+    # Outputs first: if the store fails (503), the rows stay and a retry finishes the job.
     svc.objects.delete_bucket(request_id)
     svc.store.delete_request(request_id)
     return jsonify({"message": f"deleted transformation request {request_id}"})

@@ -215,6 +215,8 @@ def test_cancel_and_delete_are_idempotent(stack: Stack, data_dir: Path) -> None:
     for _ in range(2):
         assert call(stack, "DELETE", f"/servicex/transformation/{done}")[0] == 200
     assert call(stack, "GET", f"/servicex/transformation/{done}")[0] == 404
+    code, answer = call(stack, "DELETE", "/servicex/transformation/Not..A-Request")
+    assert code == 200 and "nothing to delete" in answer["message"]
     assert stack.services.objects.list(done) == []
 
 

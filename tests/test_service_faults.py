@@ -640,3 +640,11 @@ def test_internal_endpoint_needs_the_service_token(real: Stack) -> None:
     code, _ = call(real, "POST", "/internal/results", body,
                    headers={"Authorization": "Bearer wrong"})
     assert code == 403
+    token = {"Authorization": f"Bearer {real.env['DELIVERY_SERVICE_TOKEN']}"}
+    code, answer = call(real, "POST", "/internal/results", {**body, "file_id": "zero"},
+                        headers=token)
+    assert code == 400 and "file_id must be an integer" in answer["message"]
+    request_id = submit(real, [], did="rucio://nowhere")  # a request with no files
+    code, answer = call(real, "POST", "/internal/results",
+                        {**body, "request_id": request_id, "file_id": 7}, headers=token)
+    assert code == 404 and "has no file 7" in answer["message"]

@@ -129,7 +129,7 @@ def _mask_elements(out: dict[str, Any], mask: ak.Array) -> dict[str, Any]:
     for name, col in out.items():
         if isinstance(col, ak.Array) and col.ndim > 1:
             if not np.array_equal(ak.num(col, axis=1), counts):
-                raise SelectionError(f"the cut is per {'element'} of another collection than "
+                raise SelectionError("the cut is per element of another collection than "
                                      f"column {name!r}; reduce it with any() or count()",
                                      field="cut")
             masked[name] = col[mask]
