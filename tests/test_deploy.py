@@ -195,7 +195,7 @@ def test_workers_sized_and_drained_safely(target: str) -> None:
     pod = worker["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] > int(config["DELIVERY_FILE_TIMEOUT"])
     (container,) = pod["containers"]
-    assert container["command"] == ["delivery", "worker"]
+    assert container["args"] == ["delivery", "worker"] and "command" not in container
     limit = _mebibytes(container["resources"]["limits"]["memory"])
     assert limit >= 1.5 * ENGINE_PEAK_MB * 1e6 / 2**20
     # A file over its own limit fails cleanly, before the OOM killer takes the pod.
@@ -212,7 +212,7 @@ def test_workers_sized_and_drained_safely(target: str) -> None:
     low, high = scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]
     assert low == {"overlays/dev": 0, "overlays/prod": 1}.get(target, low) and high >= max(low, 1)
     api = _named(docs, "Deployment", "delivery-api")["spec"]["template"]["spec"]["containers"][0]
-    assert api["command"][:2] == ["delivery", "serve"]
+    assert api["args"][:2] == ["delivery", "serve"] and "command" not in api
     assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
     budgets = _of(docs, "PodDisruptionBudget")
@@ -270,6 +270,7 @@ def test_default_deny_network_policy(target: str) -> None:
 def test_dockerfile_matches_manifests() -> None:
     text = (DEPLOY / "docker" / "Dockerfile").read_text()
     base = re.search(r"ARG PYTHON_IMAGE=(\S+)", text).group(1)  # type: ignore[union-attr]
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--"]' in text  # PID 1 that forwards SIGTERM
     assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base)
     stages = re.split(r"^FROM ", text, flags=re.M)
     by_name = {s.split()[2]: s for s in stages[1:] if " AS " in s.split("\n")[0]}
@@ -279,6 +280,6 @@ def test_dockerfile_matches_manifests() -> None:
         assert "HEALTHCHECK" in stage
         command = yaml.safe_load(re.search(r"^CMD (\[.*\])$", stage, re.M).group(1))  # type: ignore[union-attr]
         pod = _named(docs, "Deployment", deployment)["spec"]["template"]["spec"]
-        assert pod["containers"][0]["command"] == command
+        assert pod["containers"][0]["args"] == command  # the ENTRYPOINT (tini) stays
         user = re.search(r"^USER (\d+):(\d+)$", by_name["runtime"], re.M)
         assert user and int(user.group(1)) == pod["securityContext"]["runAsUser"] > 0
