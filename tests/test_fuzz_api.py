@@ -1,0 +1,162 @@
+"""schemathesis against the API's own OpenAPI document, on a live embedded stack.
+
+Every operation the document lists is called with generated inputs (valid ones
+and, schemathesis's negative mode, invalid ones) and must never answer a 5xx
+(``not_a_server_error``). Internal operations get the service credential, so
+their bodies are really parsed. The document is also checked against the URL
+map: a route that is neither documented nor listed as undocumented fails.
+
+To reach past the 404 of a random id, the test's copy of the document (not the
+published one) offers, besides any string, the id of a live completed request
+for the read operations, a sacrificial one for cancel and delete, real input
+files for a file list, and a valid submission as an explicit example.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, settings
+from schemathesis.checks import not_a_server_error
+from stack import Stack, embedded_stack
+from test_service import submit, wait_final
+
+from api.openapi import OPERATIONS, UNDOCUMENTED, openapi_path
+from transformers.generate import generate
+
+pytestmark = pytest.mark.integration
+
+MAX_EXAMPLES = 30
+SELECTION = json.dumps([{"treename": "Events", "filter_name": ["MET_pt", "nMuon"],
+                         "cut": "MET_pt > 10"}])
+COUNTS: dict[str, int] = {}
+
+
+@dataclasses.dataclass
+class Live:
+    stack: Stack
+    token: str
+    done: str  # a completed request (read operations)
+    victim: str  # a request cancel and delete may hit
+    files: list[str]
+    doc: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    data = tmp_path_factory.mktemp("fuzz-inputs")
+    files = []
+    for i in range(2):
+        generate(data / f"nano{i}.root", 2000, seed=i, basket_entries=1000)
+        files.append(str(data / f"nano{i}.root"))
+    with embedded_stack(tmp_path_factory.mktemp("fuzz"), [data], workers=2) as stack:
+        # The embedded default has no service credential (its workers write to the store
+        # directly); give it one so /internal/* parse what the fuzzer sends.
+        token = secrets.token_urlsafe(24)
+        svc = stack.services
+        svc.settings = dataclasses.replace(svc.settings, service_token=token)
+        done = submit(stack, files, selection=SELECTION)
+        assert wait_final(stack, done)["status"] == "Complete"
+        victim = submit(stack, files[:1], selection=SELECTION, reuse=False)
+        with urllib.request.urlopen(f"{stack.url}/openapi.json", timeout=30) as response:
+            doc = json.loads(response.read())
+        yield Live(stack, token, done, victim, files, doc)
+
+
+def _either(value: Any, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [{"enum": [value]}, schema]}
+
+
+def enriched(live: Live) -> dict[str, Any]:
+    """The test's copy of the document: live ids and files offered besides any value."""
+    doc = json.loads(json.dumps(live.doc))
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            target = live.victim if "cancel" in path or method == "delete" else live.done
+            for p in op.get("parameters", []):
+                if p["name"] == "request_id":
+                    p["schema"] = _either(target, p["schema"])
+                elif p["name"] == "file_id":
+                    p["schema"] = _either(0, p["schema"])
+    schemas = doc["components"]["schemas"]
+    body = schemas["TransformRequest"]["properties"]
+    body["file-list"]["items"] = _either(live.files[0], body["file-list"]["items"])
+    schemas["TransformRequest"]["example"] = {
+        "title": "fuzz", "selection": SELECTION, "result-format": "parquet",
+        "file-list": live.files}
+    schemas["FileReport"]["properties"]["request_id"] = _either(
+        live.done, schemas["FileReport"]["properties"]["request_id"])
+    return doc
+
+
+@pytest.fixture(scope="module")
+def api_schema(live: Live) -> Any:
+    schema = schemathesis.openapi.from_dict(enriched(live))
+    schema.config.update(base_url=live.stack.url, request_timeout=70)
+    return schema
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
+          phases=[Phase.explicit, Phase.generate, Phase.shrink],
+          suppress_health_check=list(HealthCheck))
+def test_no_server_errors(case: Any, live: Live) -> None:
+    headers = {}
+    if case.path.startswith("/internal/"):
+        headers["Authorization"] = f"Bearer {live.token}"
+    case.call_and_validate(headers=headers, checks=[not_a_server_error])
+    label = f"{case.operation.method.upper()} {case.operation.path}"  # case.method may differ
+    COUNTS[label] = COUNTS.get(label, 0) + 1
+
+
+def test_fuzzing_covered_every_operation(live: Live) -> None:
+    documented = {f"{m.upper()} {path}" for path, item in live.doc["paths"].items() for m in item}
+    fuzzed = set(COUNTS)
+    if not COUNTS:
+        pytest.skip("run together with test_no_server_errors")
+    print(f"\nfuzzed {len(fuzzed)} operations with {sum(COUNTS.values())} calls, no 5xx: "
+          + ", ".join(f"{k}={v}" for k, v in sorted(COUNTS.items())))
+    assert fuzzed == documented
+
+
+def test_every_route_is_documented_or_listed(live: Live) -> None:
+    from api.app import create_app
+
+    app = create_app(live.stack.services)
+    missing, served = [], set()
+    for rule in app.url_map.iter_rules():
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            if (rule.rule, method) in OPERATIONS:
+                served.add((openapi_path(rule.rule), method.lower()))
+            elif rule.rule not in UNDOCUMENTED:
+                missing.append(f"{method} {rule.rule}")
+    assert not missing, ("routes neither in api.openapi.OPERATIONS nor UNDOCUMENTED: "
+                         f"{missing}")
+    published = {(p, m) for p, item in live.doc["paths"].items() for m in item}
+    assert published == served
+    assert not [r for r in UNDOCUMENTED if (r, "GET") in OPERATIONS]
+
+
+def test_document_is_valid_openapi(live: Live) -> None:
+    doc = live.doc
+    assert doc["openapi"].startswith("3.") and doc["paths"]
+    assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    error = doc["components"]["schemas"]["Error"]
+    assert error["required"] == ["message"]
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            assert "200" in op["responses"], (method, path)
+            names = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert names == set(part[1:-1] for part in path.split("/") if part.startswith("{")), \
+                (method, path)
+    schemathesis.openapi.from_dict(doc)  # loads (schemathesis validates the structure)
