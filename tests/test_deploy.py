@@ -14,10 +14,12 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import re
 import shutil
 import subprocess
+from fnmatch import fnmatchcase
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -239,8 +241,6 @@ def test_settings_named_are_read_by_the_code() -> None:
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_secrets_hold_placeholders_only(target: str) -> None:
-    import base64
-
     for secret in _of(render(target), "Secret"):
         values = {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
         values |= secret.get("stringData", {})
@@ -283,3 +283,20 @@ def test_dockerfile_matches_manifests() -> None:
         assert pod["containers"][0]["args"] == command  # the ENTRYPOINT (tini) stays
         user = re.search(r"^USER (\d+):(\d+)$", by_name["runtime"], re.M)
         assert user and int(user.group(1)) == pod["securityContext"]["runAsUser"] > 0
+
+
+def test_images_get_every_package_file() -> None:
+    """The images install non-editable: a data file not in package-data is missing there."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = declared.get("package-data", {})
+    missing = []
+    for pkg in ("delivery", "transformers", "api"):
+        for path in (REPO / pkg).rglob("*"):
+            if not path.is_file() or path.suffix in (".py", ".pyc") or "__pycache__" in path.parts:
+                continue
+            top = path.relative_to(REPO).parts[0]
+            inside = path.relative_to(REPO / top).as_posix()
+            if not any(fnmatchcase(inside, p) for p in patterns.get(top, [])):
+                missing.append(path.relative_to(REPO).as_posix())
+    assert not missing, f"add to [tool.setuptools.package-data] in pyproject.toml: {missing}"
