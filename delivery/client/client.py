@@ -13,6 +13,7 @@ Contracts:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -26,10 +27,10 @@ from typing import Any
 from delivery.client.http import Http
 from delivery.client.query import selection_json
 from delivery.errors import PermanentError, TransientError
-from delivery.messages import file_sha256
 
 FINAL = ("Complete", "Fatal", "Canceled", "Bad Dataset")
 FORMATS = ("parquet", "root-file", "arrow")
+_BLOCK = 1 << 20  # bytes per read while downloading
 _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -66,14 +67,6 @@ def verify_size(path: Path, expected: int) -> None:
     size = path.stat().st_size
     if size != expected:
         raise TruncatedDownload(f"{path.name}: got {size} bytes, expected {expected}")
-
-
-def verify_sha256(path: Path, expected: str | None) -> None:
-    """Raise :class:`TruncatedDownload` if the file's SHA-256 differs from the server's."""
-    if not expected:
-        return  # an older server recorded none; the size check still applies
-    if file_sha256(path) != expected:
-        raise TruncatedDownload(f"{path.name}: content differs from the server's checksum")
 
 
 def _when(text: str) -> datetime:
@@ -214,8 +207,9 @@ class Client:
                  attempts: int = 3) -> Path:
         """Download one successful result into ``dest_dir``; its final path.
 
-        Streams to a hidden ``.part`` file, verifies its size equals
-        ``total-bytes`` and its SHA-256 the server's ``sha256``, then renames it into place. A short or broken transfer
+        Streams to a hidden ``.part`` file, hashing as it goes, verifies its size
+        equals ``total-bytes`` and its SHA-256 the server's ``sha256``, then renames
+        it into place. A short or broken transfer
         is retried (``attempts`` in all) and finally raises
         :class:`TruncatedDownload` or :class:`~delivery.errors.TransientError`;
         no partial file is left behind.
@@ -234,12 +228,18 @@ class Client:
             if n:
                 time.sleep(self.http.backoff * 2 ** (n - 1))
             part = dest_dir / f".{name}.{uuid.uuid4().hex[:8]}.part"
+            digest = hashlib.sha256()
             try:
+                # Hash while the bytes stream past (hashlib releases the GIL on large
+                # blocks): no second pass over the file after the transfer.
                 with self.http.stream(path) as response, part.open("wb") as out:
-                    for chunk in response.iter_bytes(1 << 20):
+                    for chunk in response.iter_bytes(_BLOCK):
+                        digest.update(chunk)
                         out.write(chunk)
                 verify_size(part, expected)
-                verify_sha256(part, item.get("sha256"))
+                expected_sha = item.get("sha256")
+                if expected_sha and digest.hexdigest() != expected_sha:
+                    raise TruncatedDownload(f"{name}: content differs from the server's checksum")
                 os.replace(part, final)
                 return final
             except TransientError as err:

@@ -5,7 +5,7 @@ A *spec* names one or more samples, ServiceX-style::
     {"Sample": [{"Name": "zmumu",                      # unique; [A-Za-z0-9_.-], used as a folder
                  "Dataset": ["/data/a.root", ...],      # a list of files, or a DID string
                  "Query": Query(...) | "<JSON>" | [...],  # validated locally before any submit
-                 "Format": "parquet"}]}                 # or "root-file"/"arrow" with output="paths"
+                 "Format": "parquet"}]}                 # or "arrow" or "root-file"
 
 Contracts:
 
@@ -18,6 +18,10 @@ Contracts:
   (``download_workers`` in parallel). By default any failure raises one
   :class:`DeliveryFailed` listing every failed file and its reason; with
   ``fail_if_incomplete=False`` the good part is returned with ``.failures``.
+- Every output format loads into awkward (:mod:`delivery.client.load`):
+  ``output="arrays"`` loads each file in the download pool as it lands and
+  concatenates once at the end; ``"dask"`` returns lazy arrays, one partition
+  per delivered file (:mod:`delivery.client.lazy`).
 """
 
 from __future__ import annotations
@@ -35,15 +39,17 @@ from delivery.client.client import (
     FileFailure,
     request_body,
 )
+from delivery.client.load import concatenate, load_file
 from delivery.client.progress import make_progress
-from delivery.client.session import Run, file_order, load_file, plan_samples
+from delivery.client.session import Run, file_order, plan_samples
+from delivery.selection import parse_selection
 
 V = TypeVar("V")
 
 
 class Delivery(Mapping[str, V], Generic[V]):
-    """Sample name -> result (``ak.Array`` or a list of paths), plus ``failures``
-    and the ``request_ids`` that produced them."""
+    """Sample name -> result (``ak.Array``, ``dask_awkward.Array`` or a list of paths),
+    plus ``failures`` and the ``request_ids`` that produced them."""
 
     def __init__(self, data: dict[str, V], failures: list[FileFailure],
                  request_ids: dict[str, str]) -> None:
@@ -74,8 +80,10 @@ class DeliveryStream:
     """
 
     def __init__(self, run: Run, fail_if_incomplete: bool, cleanup: Path | None,
-                 client: Client | None = None) -> None:
+                 client: Client | None = None,
+                 formats: Mapping[str, str] | None = None) -> None:
         self._run, self._strict, self._cleanup = run, fail_if_incomplete, cleanup
+        self._formats = dict(formats or {})  # sample -> Format, for files named oddly
         self._client = client  # closed at the end when the stream owns it
         self.failures: list[FileFailure] = []
         self.request_ids = dict(run.request_ids)
@@ -85,7 +93,7 @@ class DeliveryStream:
             for event in self._run:
                 self.failures.extend(event.failures)
                 if event.path is not None:
-                    array = load_file(event.path)
+                    array = load_file(event.path, self._formats.get(event.sample))
                     if self._cleanup is not None and self._cleanup in event.path.parents:
                         event.path.unlink(missing_ok=True)
                     yield event.sample, array
@@ -99,7 +107,22 @@ class DeliveryStream:
                 self._client.close()
 
 
-Output = Literal["arrays", "paths", "iterator"]
+Output = Literal["arrays", "paths", "iterator", "dask"]
+OUTPUTS = ("arrays", "paths", "iterator", "dask")
+
+
+def _check_loadable(samples: list[Mapping[str, Any]], bodies: list[dict[str, Any]]) -> None:
+    """One array per file needs one output tree: refuse a multi-tree ROOT output up front
+    (Parquet and Arrow outputs hold one tree; the server refuses more)."""
+    for sample, body in zip(samples, bodies, strict=True):
+        if sample.get("Format", "parquet") != "root-file":
+            continue
+        trees = {out for q in parse_selection(body["selection"]).tree_queries
+                 for _, out in q.trees}
+        if len(trees) > 1:
+            raise ValueError(f"sample {body['title']}: a root-file output with "
+                             f"{len(trees)} trees ({', '.join(sorted(trees))}) cannot be "
+                             'one array; use output="paths" and uproot')
 
 
 def deliver(spec: Mapping[str, Any], *, client: Client | None = None,
@@ -112,10 +135,13 @@ def deliver(spec: Mapping[str, Any], *, client: Client | None = None,
 
     ``output="arrays"``: a :class:`Delivery` of ``{name: ak.Array}`` (files
     concatenated in input order); ``"paths"``: a :class:`Delivery` of
-    ``{name: [Path, ...]}``; ``"iterator"``: a :class:`DeliveryStream`.
+    ``{name: [Path, ...]}``; ``"iterator"``: a :class:`DeliveryStream`;
+    ``"dask"``: a :class:`Delivery` of ``{name: dask_awkward.Array}``, one
+    partition per file, nothing read until computed (needs the ``dask`` extra).
+    Every ``Format`` loads (Parquet, Arrow IPC, ROOT: :mod:`delivery.client.load`).
     Files go to ``dest_dir/<name>/`` if given, else (with ``cache``) to the
     entry's stable folder in the local cache (:mod:`delivery.client.cache`),
-    else to a new temporary folder (kept for ``"paths"``).
+    else to a new temporary folder (kept for ``"paths"`` and ``"dask"``).
     ``client`` defaults to ``Client(os.environ["DELIVERY_API_URL"])``.
     ``deadline``/``stall_timeout``/``grace`` are as in :meth:`Client.follow`.
 
@@ -128,17 +154,22 @@ def deliver(spec: Mapping[str, Any], *, client: Client | None = None,
     ``progress``: ``transform`` and ``download`` bars per sample
     (:mod:`delivery.client.progress`); ``False`` is quiet.
     """
-    if output not in ("arrays", "paths", "iterator"):
-        raise ValueError(f"output must be arrays, paths or iterator, not {output!r}")
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, not {output!r}")
     samples = spec.get("Sample") if isinstance(spec, Mapping) else None
     if not isinstance(samples, list) or not samples:
         raise ValueError('spec must be {"Sample": [sample, ...]} with at least one sample')
-    if output != "paths" and any(s.get("Format", "parquet") != "parquet" for s in samples):
-        raise ValueError('output="arrays"/"iterator" needs Format "parquet"')
     bodies = [request_body(s) for s in samples]  # validate everything before any HTTP call
     names = [b["title"] for b in bodies]
     if len(set(names)) != len(names):
         raise ValueError("sample Names must be unique")
+    if output != "paths":
+        _check_loadable(samples, bodies)
+    if output == "dask":
+        from delivery.client.lazy import require_dask
+
+        require_dask()  # before anything is submitted
+    formats = {b["title"]: b["result-format"] for b in bodies}
     owned = client is None
     if client is None:
         url = os.environ.get("DELIVERY_API_URL")
@@ -154,30 +185,42 @@ def deliver(spec: Mapping[str, Any], *, client: Client | None = None,
             if plan.dest == Path():
                 tmp = tmp or Path(tempfile.mkdtemp(prefix="delivery-"))
                 plan.dest = tmp / plan.name
-        own_dest = tmp if output != "paths" else None
-        run = Run(client, plans, download_workers, follow_args, make_progress(progress))
+        own_dest = tmp if output in ("arrays", "iterator") else None
+
+        def load(path: Path, name: str) -> Any:
+            return load_file(path, formats[name])
+
+        run = Run(client, plans, download_workers, follow_args, make_progress(progress),
+                  load=load if output == "arrays" else None)
         if output == "iterator":
             stream = DeliveryStream(run, fail_if_incomplete, own_dest,
-                                    client if owned else None)
+                                    client if owned else None, formats)
             owned = False  # the stream closes it
             own_dest = None  # and cleans up
             return stream
         files: dict[str, dict[Any, Path]] = {name: {} for name in run.request_ids}
+        loaded: dict[str, dict[Any, Any]] = {name: {} for name in run.request_ids}
         failures: list[FileFailure] = []
         for event in run:
             failures.extend(event.failures)
             if event.path is not None and event.item is not None:
                 files[event.sample][event.item["file-id"]] = event.path
+                loaded[event.sample][event.item["file-id"]] = event.array
         if failures and fail_if_incomplete:
             raise DeliveryFailed(failures)
-        ordered = {name: [got[k] for k in sorted(got, key=file_order)]
-                   for name, got in files.items()}
+        order = {name: sorted(got, key=file_order) for name, got in files.items()}
+        ordered = {name: [files[name][k] for k in keys] for name, keys in order.items()}
         if output == "paths":
             return Delivery(ordered, failures, run.request_ids)
-        import awkward as ak
+        if output == "dask":
+            from delivery.client.lazy import to_dask
 
-        arrays = {name: ak.concatenate([load_file(p) for p in paths]) if paths else ak.Array([])
-                  for name, paths in ordered.items()}
+            return Delivery({name: to_dask(paths, formats[name])
+                             for name, paths in ordered.items()}, failures, run.request_ids)
+        # One concatenation per sample, in file order, of arrays loaded as they landed.
+        arrays = {name: concatenate([loaded[name][k] if loaded[name][k] is not None
+                                     else load(files[name][k], name) for k in keys])
+                  for name, keys in order.items()}
         return Delivery(arrays, failures, run.request_ids)
     finally:
         if owned:

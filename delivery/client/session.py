@@ -3,8 +3,10 @@
 Contract: a :class:`Run` submits (or reattaches to, or serves from the local
 cache) each sample, follows every request with the long poll in its own
 thread, and hands each finished file to a shared download pool the moment its
-result appears. Iterating the run yields one event per downloaded or failed
-file; ``close()`` stops the followers and the pool.
+result appears. With a ``load`` function, the pool thread that downloaded a
+file also loads it (``event.array``), so loading overlaps the other transfers
+instead of waiting for the last one. Iterating the run yields one event per
+downloaded or failed file; ``close()`` stops the followers and the pool.
 """
 
 
@@ -14,7 +16,7 @@ import os
 import queue
 import shutil
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,13 +31,7 @@ from delivery.client.http import ServerRefused
 from delivery.client.progress import Progress, Quiet
 from delivery.errors import PermanentError, TransientError
 
-__all__ = ["Run", "file_order", "load_file", "plan_samples"]
-
-def load_file(path: Path) -> Any:
-    import awkward as ak
-    import pyarrow.parquet as pq
-
-    return ak.from_arrow(pq.read_table(path))
+__all__ = ["Run", "file_order", "plan_samples"]
 
 
 @dataclass
@@ -44,6 +40,7 @@ class _Event:
     sample: str
     item: Mapping[str, Any] | None = None
     path: Path | None = None
+    array: Any = None  # the loaded file, when the run has a ``load`` function
     failures: tuple[FileFailure, ...] = ()
     error: BaseException | None = None
 
@@ -90,11 +87,12 @@ class Run:
     """Submitted (or cached, or reattached) samples; events arrive on ``self.events``."""
 
     def __init__(self, client: Client, plans: list[_Sample], workers: int,
-                 follow_args: dict[str, Any], progress: Progress | None = None) -> None:
+                 follow_args: dict[str, Any], progress: Progress | None = None,
+                 load: Callable[[Path, str], Any] | None = None) -> None:
         names = [p.name for p in plans]
         if len(set(names)) != len(names):
             raise ValueError("sample Names must be unique")
-        self.client, self.follow_args = client, follow_args
+        self.client, self.follow_args, self.load = client, follow_args, load
         self.samples = {p.name: p for p in plans}
         self.progress: Progress = progress or Quiet()
         self.events: queue.Queue[_Event] = queue.Queue()
@@ -117,11 +115,9 @@ class Run:
             self.close()
             raise
         for p in plans:
-            if p.mode == "cached":
-                self._replay(p)
-            else:
-                threading.Thread(target=self._follow, args=(p.name,), daemon=True,
-                                 name=f"delivery-follow-{p.name}").start()
+            threading.Thread(target=self._replay if p.mode == "cached" else self._follow,
+                             args=(p.name,), daemon=True,
+                             name=f"delivery-follow-{p.name}").start()
 
     def _can_reattach(self, p: _Sample) -> bool:
         """The recorded request still exists and has not ended badly."""
@@ -150,13 +146,30 @@ class Run:
         self.progress.update(p.name, "transform", p.transformed, p.total)
         self.progress.update(p.name, "download", p.downloaded, p.total)
 
-    def _replay(self, p: _Sample) -> None:
+    def _hand_over(self, name: str, item: Mapping[str, Any], path: Path) -> None:
+        """Queue the file's event, loaded first if the run loads (a pool thread)."""
+        try:
+            array = self.load(path, name) if self.load is not None else None
+        except BaseException as err:  # noqa: BLE001 - an unreadable file stops the run
+            self.events.put(_Event("file", name, item, path, error=err))
+            return
+        self.events.put(_Event("file", name, item, path, array))
+
+    def _replay(self, name: str) -> None:
         """A sample complete in the cache: its files, with no HTTP call."""
+        p = self.samples[name]
         p.total = p.transformed = p.downloaded = len(p.known)
-        for fid, path in sorted(p.known.items(), key=lambda kv: file_order(kv[0])):
-            self.events.put(_Event("file", p.name, {"file-id": fid}, _into(path, p.dest)))
-        self._show(p)
-        self.events.put(_Event("done", p.name))
+        try:
+            futures = [self.pool.submit(self._hand_over, name, {"file-id": fid},
+                                        _into(path, p.dest))
+                       for fid, path in sorted(p.known.items(),
+                                               key=lambda kv: file_order(kv[0]))]
+            concurrent.futures.wait(futures)
+            with self.lock:
+                self._show(p)
+            self.events.put(_Event("done", name))
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            self.events.put(_Event("done", name, error=err))
 
     def _count_total(self, p: _Sample, rid: str) -> None:
         if isinstance(self.progress, Quiet):
@@ -175,11 +188,12 @@ class Run:
             with self.lock:
                 p.downloaded += 1
                 self._show(p)
-            self.events.put(_Event("file", name, item, path))
         except Exception as err:  # noqa: BLE001 - reported as this file's failure
             reason = err.reason if isinstance(err, TransientError | PermanentError) else repr(err)
             failure = FileFailure(name, item.get("file-path"), f"download failed: {reason}")
             self.events.put(_Event("file", name, item, failures=(failure,)))
+            return
+        self._hand_over(name, item, path)
 
     def _follow(self, name: str) -> None:
         p = self.samples[name]
@@ -206,7 +220,8 @@ class Run:
                     with self.lock:
                         p.downloaded += 1
                         self._show(p)
-                    self.events.put(_Event("file", name, item, _into(known, p.dest)))
+                    futures.append(self.pool.submit(self._hand_over, name, item,
+                                                    _into(known, p.dest)))
                 else:
                     futures.append(self.pool.submit(self._download, name, item))
             concurrent.futures.wait(futures)
