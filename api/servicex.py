@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
+from api.auth import can_see, current_user, owner_filter
 from api.errors import ApiError, Conflict, NotFound, read_json
 from api.services import Services
 from api.submit import CODEGENS, submit
@@ -31,9 +32,9 @@ def _iso(t: datetime | None) -> str | None:
 
 
 def owned(request_id: str) -> Any:
-    """The request's row, or a 404 (hook for per-user isolation)."""
+    """The request's row, or a 404 if it is missing or someone else's."""
     row = services().store.get(request_id)
-    if row is None:
+    if row is None or not can_see(row.owner):
         raise NotFound(f"no transformation request {request_id}")
     return row
 
@@ -100,14 +101,16 @@ def info() -> Any:
 
 @blueprint.post("/servicex/transformation")
 def create() -> Any:
-    request_id = submit(read_json(request), services())
+    user = current_user()
+    request_id = submit(read_json(request), services(), owner=user.name if user else None)
     return jsonify({"request_id": request_id})
 
 
 @blueprint.get("/servicex/transformation")
 def list_requests() -> Any:
     svc = services()
-    return jsonify({"requests": [status_object(r, svc) for r in svc.store.list_requests()]})
+    rows = svc.store.list_requests(owner=owner_filter())
+    return jsonify({"requests": [status_object(r, svc) for r in rows]})
 
 
 @blueprint.get("/servicex/transformation/<request_id>")
@@ -142,6 +145,8 @@ def cancel(request_id: str) -> Any:
 def delete(request_id: str) -> Any:
     svc = services()
     row = svc.store.get(request_id)
+    if row is not None and not can_see(row.owner):
+        raise NotFound(f"no transformation request {request_id}")
     if row is None:  # already deleted (or never existed): deleting is idempotent
         return jsonify({"message": f"no transformation request {request_id}; nothing to delete"})
     if row.status not in FINAL:

@@ -38,6 +38,20 @@ class Stack:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     running: Any = None
+    tokens: dict[str, str] = field(default_factory=dict)  # user -> refresh token (auth on)
+
+    def access(self, user: str) -> str:
+        """A fresh access JWT for ``user``, through the real ``POST /token/refresh``."""
+        import httpx
+
+        got = httpx.post(f"{self.url}/token/refresh", timeout=10,
+                         headers={"Authorization": f"Bearer {self.tokens[user]}"})
+        got.raise_for_status()
+        token: str = got.json()["access_token"]
+        return token
+
+    def headers(self, user: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access(user)}"}
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen([sys.executable, "-m", "delivery", "worker"], env=self.env,
@@ -68,18 +82,33 @@ def _http(services: Any) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+AUTH_ENV = {"DELIVERY_AUTH": "on", "DELIVERY_AUTH_SECRET": secrets.token_urlsafe(48)}
+USERS = {"alice": False, "bob": False, "admin": True}  # name -> admin
+
+
+def _users(services: Any) -> dict[str, str]:
+    """Create the test users and one refresh token each."""
+    out = {}
+    for name, admin in USERS.items():
+        services.store.create_user(name, admin=admin)
+        out[name] = services.store.issue_token(name, label="tests")
+    return out
+
+
 @contextlib.contextmanager
-def embedded_stack(tmp: Path, roots: list[Path], workers: int = 2) -> Iterator[Stack]:
+def embedded_stack(tmp: Path, roots: list[Path], workers: int = 2,
+                   auth: bool = False) -> Iterator[Stack]:
     from api.serve import build_services, start_background
     from delivery.config import Settings
 
-    settings = Settings.from_env({"DELIVERY_STATE_DIR": str(tmp / "state")},
-                                 allowed_roots=tuple(str(r) for r in roots))
+    env = {"DELIVERY_STATE_DIR": str(tmp / "state"), **(AUTH_ENV if auth else {})}
+    settings = Settings.from_env(env, allowed_roots=tuple(str(r) for r in roots))
     services = build_services(settings)
     running = start_background(services, workers)
     try:
         with _http(services) as url:
-            yield Stack(url, services, "embedded", running=running)
+            yield Stack(url, services, "embedded", running=running,
+                        tokens=_users(services) if auth else {})
     finally:
         running.close()
 
@@ -114,7 +143,7 @@ def _rabbit_or_skip(url: str) -> None:
 
 @contextlib.contextmanager
 def real_stack(tmp: Path, roots: list[Path], s3_endpoint: str,
-               workers: int = 2) -> Iterator[Stack]:
+               workers: int = 2, auth: bool = False) -> Iterator[Stack]:
     from api.serve import build_services, start_background
     from delivery.config import Settings
 
@@ -133,6 +162,7 @@ def real_stack(tmp: Path, roots: list[Path], s3_endpoint: str,
             "DELIVERY_S3_READ_SECRET_KEY": "reader-secret",
             "DELIVERY_ALLOWED_ROOTS": os.pathsep.join(str(r) for r in roots),
             "DELIVERY_SERVICE_TOKEN": token,
+            **(AUTH_ENV if auth else {}),
         }
         settings = Settings.from_env(env)
         services = build_services(settings)
@@ -141,7 +171,8 @@ def real_stack(tmp: Path, roots: list[Path], s3_endpoint: str,
             with _http(services) as url:
                 child_env = {**os.environ, **env, "DELIVERY_API_URL": url,
                              "PYTHONPATH": str(REPO)}
-                stack = Stack(url, services, "real", env=child_env, running=running)
+                stack = Stack(url, services, "real", env=child_env, running=running,
+                              tokens=_users(services) if auth else {})
                 for _ in range(workers):
                     stack.start_worker()
                 try:

@@ -27,11 +27,13 @@ The contract
 * **Outages are transient.** A database that cannot be reached or drops the
   connection raises :class:`delivery.errors.TransientError` (one line; the API
   answers 503). Integrity errors, i.e. our own bugs, propagate unchanged.
+* **Users and refresh tokens** live here too; only a token's sha256 is stored.
 """
 
 from api.store.requests import RequestStore
 from api.store.rows import Counts, DatasetRow, RequestRow, ResultRow
 from api.store.schema import FILE_LIST, FINAL_STATUSES, STATUSES
+from api.store.users import TokenInfo, User
 
 __all__ = [
     "RequestStore",
@@ -42,4 +44,6 @@ __all__ = [
     "STATUSES",
     "FINAL_STATUSES",
     "FILE_LIST",
+    "User",
+    "TokenInfo",
 ]

@@ -30,6 +30,7 @@ from api.store.schema import (
     requests,
     results,
 )
+from api.store.users import UserStore
 from delivery.messages import FAILURE, SUCCESS, FileReport
 
 __all__ = ["RequestStore"]
@@ -62,7 +63,7 @@ def _request(row: Row[Any]) -> RequestRow:
                       remaining=c.remaining)
 
 
-class RequestStore(DatasetStore):
+class RequestStore(DatasetStore, UserStore):
     """The request store on SQLite (``sqlite:///path``) or PostgreSQL (``postgresql://...``).
 
     Creates its tables on construction. Safe to share between threads. Database

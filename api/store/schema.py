@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -31,7 +32,7 @@ from delivery.messages import FAILURE, SUCCESS
 __all__ = [
     "SUBMITTED", "LOOKUP", "PENDING_LOOKUP", "RUNNING", "COMPLETE", "FATAL", "CANCELED",
     "BAD_DATASET", "STATUSES", "FINAL_STATUSES", "FILE_LIST",
-    "metadata", "datasets", "requests", "request_files", "results",
+    "metadata", "datasets", "requests", "request_files", "results", "users", "tokens",
 ]
 
 # The exact status strings the ServiceX client validates; anything else breaks it.
@@ -133,4 +134,28 @@ results = Table(
     CheckConstraint(_in("status", (SUCCESS, FAILURE)), name="ck_results_status"),
     # The results endpoint's query: one request, newer than a time, in time order.
     Index("ix_results_request_created", "request_id", "created_at"),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("admin", Boolean, nullable=False, default=False),
+    Column("created_at", DateTime, nullable=False),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    # The public half of a refresh token (``dlv_<id>_<secret>``): lets an operator
+    # list and revoke a token without ever seeing or storing its secret.
+    Column("id", String(32), primary_key=True),
+    Column("user_name", String(128), ForeignKey("users.name", name="fk_tokens_user",
+                                                 ondelete="CASCADE"), nullable=False),
+    Column("digest", String(64), nullable=False),  # sha256 of the whole token, hex
+    Column("label", Text),
+    Column("created_at", DateTime, nullable=False),
+    Column("revoked_at", DateTime),
+    Column("last_used", DateTime),
+    Index("ix_tokens_user", "user_name"),
 )
