@@ -79,10 +79,16 @@ def _counts(status: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 class Client:
-    """One service at ``url``; thread-safe. Use as a context manager or call ``close``."""
+    """One service at ``url``; thread-safe. Use as a context manager or call ``close``.
+
+    ``token`` (default ``$DELIVERY_TOKEN``) is a refresh token from ``delivery tokens
+    issue``, renewed into access tokens as needed, or any bearer token.
+    """
 
     def __init__(self, url: str, token: str | None = None, *, timeout: float = 30.0,
                  retries: int = 3, backoff: float = 0.25) -> None:
+        if token is None:
+            token = os.environ.get("DELIVERY_TOKEN") or None
         self.http = Http(url, token=token, timeout=timeout, retries=retries, backoff=backoff)
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from delivery.client.auth import bearer_auth
 from delivery.errors import PermanentError, TransientError
 
 __all__ = ["ServerRefused", "Http"]
@@ -75,14 +76,13 @@ class Http:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"the service URL must start with http:// or https://, "
                              f"not {base_url[:40]!r}")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         # httpx drops the Authorization header on a redirect to another origin
         # (the presigned download URL), so the token never leaves our server.
-        self._client = httpx.Client(base_url=self.base_url, headers=headers,
+        self._client = httpx.Client(base_url=self.base_url, auth=bearer_auth(token),
                                     timeout=httpx.Timeout(timeout))
 
     def close(self) -> None:
