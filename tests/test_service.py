@@ -148,6 +148,11 @@ def test_failed_file_is_reported_with_its_reason(stack: Stack, data_dir: Path) -
     ({"selection": "[]"}, 400, "selection"),
     ({"file-list": ["/etc/passwd"]}, 400, "outside the allowed roots"),
     ({"file-list": ["memory://x.root"]}, 400, "not allowed"),
+    ({"file-list": ["file:///etc/passwd"]}, 400, "outside the allowed roots"),
+    ({"file-list": ["@DATA/../../../etc/passwd"]}, 400, "outside the allowed roots"),
+    ({"file-list": ["http://169.254.169.254/latest/meta-data"]}, 400, "link-local"),
+    ({"file-list": ["simplecache::root://host//x.root"]}, 400, "chained URLs"),
+    ({"file-list": ["@DATA/hzz.root::memory://y"]}, 400, "chained URLs"),
     ({"result-format": "csv"}, 400, "result-format"),
     ({"codegen": "python"}, 400, "codegen"),
     ({"did": "x", "file-list": ["y"]}, 400, "exactly one"),
@@ -156,6 +161,9 @@ def test_bad_requests_are_400_and_leave_nothing(stack: Stack, data_dir: Path,
                                                 body: dict[str, Any], status: int,
                                                 words: str) -> None:
     before = len(call(stack, "GET", "/servicex/transformation")[1]["requests"])
+    if "file-list" in body:  # @DATA: a path that starts inside the allowed root
+        body = {**body, "file-list": [f.replace("@DATA", str(data_dir))
+                                      for f in body["file-list"]]}
     full = {"title": "bad", "selection": SELECTION, "codegen": "uproot-raw",
             "result-format": "parquet", "file-list": [str(data_dir / "hzz.root")], **body}
     if "did" in body and "file-list" not in body:
