@@ -71,8 +71,30 @@ def request_list(svc: Any, owner: str | None, status: str | None = None) -> list
     return [_summary(r, totals.get(r.request_id), now) for r in rows]
 
 
-def client_snippet(base_url: str, request_id: str, fmt: str, auth: bool) -> str:
-    """Python that downloads (checksum-verified) and loads this request's outputs."""
+def _tree(selection: str) -> str:
+    """The output tree's name: the first query's treename (or its rename)."""
+    try:
+        name = json.loads(selection)[0].get("treename")
+    except (ValueError, IndexError, AttributeError, TypeError):
+        return "Events"
+    if isinstance(name, dict):
+        name = next(iter(name.values()), None)
+    if isinstance(name, list):
+        name = name[0] if name else None
+    return name if isinstance(name, str) else "Events"
+
+
+def _literal(text: str) -> str:
+    # JSON's ASCII-only string escapes are all valid in a Python string literal
+    return json.dumps(text)
+
+
+def client_snippet(base_url: str, request_id: str, fmt: str, auth: bool,
+                   tree: str = "Events") -> str:
+    """Python that downloads (checksum-verified) and loads this request's outputs.
+
+    Every value goes in as a string literal (:func:`_literal`): a crafted tree name or
+    Host header cannot turn into code in the reader's copy."""
     load = {
         "parquet": ("import awkward as ak",
                     "events = ak.concatenate([ak.from_parquet(p) for p in paths])"),
@@ -80,14 +102,15 @@ def client_snippet(base_url: str, request_id: str, fmt: str, auth: bool) -> str:
                   "events = ak.concatenate([ak.from_arrow(pa.ipc.open_file(p).read_all())\n"
                   "                         for p in paths])"),
         "root-file": ("import uproot",
-                      "events = uproot.concatenate([f\"{p}:Events\" for p in paths])"
-                      "  # your tree's name"),
+                      f"tree = {_literal(tree)}\n"
+                      "events = uproot.concatenate([f\"{p}:{tree}\" for p in paths])"),
     }.get(fmt, ("import awkward as ak", "events = paths"))
-    token = ', token="<access token>"' if auth else ""
+    token = "  # your refresh token in $DELIVERY_TOKEN (or token=...)" if auth else ""
     return (f"{load[0]}\nfrom delivery import Client\n\n"
-            f'request_id = "{request_id}"\n'
-            f'with Client("{base_url}"{token}) as client:\n'
-            f"    paths = [client.download(request_id, item, \"delivery-{request_id[:8]}\")\n"
+            f"request_id = {_literal(request_id)}\n"
+            f"with Client({_literal(base_url)}) as client:{token}\n"
+            f"    paths = [client.download(request_id, item, "
+            f"{_literal('delivery-' + request_id[:8])})\n"
             f"             for item in client.results(request_id, status=\"success\")]\n"
             f"{load[1]}\n")
 
@@ -141,7 +164,7 @@ def request_detail(svc: Any, row: Any, base_url: str,
         "files_table": files, "files_shown": len(files),
         "series": _series(verdicts, row.submit_time),
         "snippet": client_snippet(base_url, row.request_id, row.result_format,
-                                  bool(svc.settings.auth)),
+                                  bool(svc.settings.auth), _tree(row.selection)),
     }
 
 
