@@ -24,6 +24,7 @@ from typing import Any
 from flask import Flask, Request, jsonify
 from werkzeug.exceptions import HTTPException
 
+from api.requestlog import correlation_id
 from delivery.errors import DeliveryError, PermanentError, PolicyError, TransientError
 
 __all__ = ["ApiError", "NotFound", "Conflict", "Unauthorized", "Forbidden", "install",
@@ -102,7 +103,9 @@ def read_json(request: Request) -> dict[str, Any]:
 
 
 def _body(status: int, message: str) -> Any:
-    response = jsonify({"message": message, "status": status})
+    # the same id is in the X-Correlation-ID header and in the API's log line
+    response = jsonify({"message": message, "status": status,
+                        "correlation_id": correlation_id()})
     response.status_code = status
     return response
 

@@ -20,8 +20,10 @@ from flask import Blueprint, jsonify, redirect, request, send_file
 from sqlalchemy.exc import IntegrityError
 
 from api.errors import ApiError, Forbidden, NotFound, Unauthorized, read_json
+from api.operations import record_result
 from api.servicex import FINAL, owned, parse_time, result_item, services, status_object
 from delivery.messages import FAILURE, SUCCESS, FileReport
+from delivery.objects import check_key
 
 __all__ = ["blueprint"]
 
@@ -93,6 +95,31 @@ def _service_only() -> None:
         raise Forbidden("wrong service credential")
 
 
+# Column types of the results table: a value outside them is the sender's error (400),
+# not a database error (500). Strings may not hold NUL, which PostgreSQL refuses.
+_REPORT_FIELDS: dict[str, tuple[type, ...]] = {
+    "request_id": (str,), "object_name": (str, type(None)), "sha256": (str, type(None)),
+    "error": (str, type(None)), "file_id": (int,), "total_bytes": (int,), "events_in": (int,),
+    "events_out": (int,), "seconds": (int, float)}
+_LIMITS = {"file_id": 2**31 - 1, "request_id": 64, "sha256": 64}
+
+
+def _check_report(report: FileReport) -> None:
+    for name, kinds in _REPORT_FIELDS.items():
+        value = getattr(report, name)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ApiError(f"bad report: {name} has the wrong type")
+        if isinstance(value, int | float) and not 0 <= value <= _LIMITS.get(name, 2**63 - 1):
+            raise ApiError(f"bad report: {name} is out of range")  # NaN fails this too
+        if isinstance(value, str) and ("\x00" in value or len(value) > _LIMITS.get(name, 1e6)):
+            raise ApiError(f"bad report: {name} is too long or holds a NUL character")
+    if report.status == SUCCESS:  # a success names its stored output (the cache copies it)
+        try:
+            check_key(report.object_name or "")
+        except ValueError as err:
+            raise ApiError(f"bad report: {err}") from None
+
+
 @blueprint.post("/internal/results")
 def record() -> Any:
     _service_only()
@@ -103,11 +130,12 @@ def record() -> Any:
         raise ApiError(f"bad report: {err}") from None
     if not isinstance(report.file_id, int) or report.status not in (SUCCESS, FAILURE):
         raise ApiError("bad report: file_id must be an integer and status success or failure")
+    _check_report(report)
     svc = services()
     if svc.store.get(report.request_id) is None:
         raise NotFound(f"no transformation request {report.request_id}")
     try:
-        changed = svc.store.record(report)
+        changed = record_result(svc, report)  # counted in /metrics only if it changed
     except IntegrityError:  # the foreign key: no such file in that request
         raise NotFound(f"request {report.request_id} has no file {report.file_id}") from None
     svc.news.publish()

@@ -9,6 +9,7 @@ the dead-letter watcher), and ``delivery worker`` processes do the work.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from api.services import Services
 from delivery.broker import open_broker
 from delivery.broker.base import Verdict
 from delivery.config import Settings
+from delivery.errors import TransientError
 from delivery.messages import FAILURE, FileReport, FileTask
 from delivery.objects import open_store
 from delivery.policy import SourcePolicy
@@ -56,17 +58,29 @@ class Running:
 
 
 def start_background(services: Services, workers: int) -> Running:
-    from transformers.reporters import StoreReporter
+    from api.operations import CountingReporter
 
     running = Running()
-    reporter = StoreReporter(services.store, on_record=services.news.publish)
+    reporter = CountingReporter(services)  # the store, the metrics, the long-poll news
 
     def dead(task: FileTask, attempts: int) -> Verdict:
-        reporter.record(FileReport(
-            task.request_id, task.file_id, FAILURE,
-            error=f"gave up after {attempts} deliveries: each one crashed or stalled its "
-                  "worker, or kept hitting transient errors (delivery limit reached; moved "
-                  "to the dead-letter queue)"))
+        log.info("dead letter: file %d of %s after %d deliveries", task.file_id,
+                 task.request_id, attempts)
+        try:
+            # A worker that saw the last delivery fail already recorded why: keep that.
+            if any(r.file_id == task.file_id
+                   for r in services.store.results(task.request_id, status=FAILURE)):
+                return Verdict.ACK
+            reporter.record(FileReport(
+                task.request_id, task.file_id, FAILURE,
+                error=f"gave up after {attempts} deliveries: each one crashed or stalled its "
+                      "worker, or kept hitting transient errors (delivery limit reached; "
+                      "moved to the dead-letter queue)"))
+        except TransientError as err:  # the store is down: back off, not spin on redelivery
+            log.warning("dead letter of file %d of %s not recorded yet: %s", task.file_id,
+                        task.request_id, err.reason)
+            running.stop.wait(2.0)
+            return Verdict.REQUEUE
         return Verdict.ACK
 
     watcher = threading.Thread(target=services.broker.consume_dead, args=(dead, running.stop),
@@ -77,7 +91,8 @@ def start_background(services: Services, workers: int) -> Running:
         from transformers.pool import ChildSpec, ProcessPool
 
         running.pool = ProcessPool(services.broker, reporter,
-                                   ChildSpec(services.settings, services.policy), workers)
+                                   ChildSpec(services.settings, services.policy), workers,
+                                   heartbeat=services.ops.workers.beat)
         running.pool.start()
     return running
 
@@ -94,6 +109,11 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
             if settings.embedded_broker else f"API only; broker {settings.broker_url}")
     print(f"delivery serving on http://{host}:{server.server_port} ({mode}); "
           f"state in {settings.state_dir}", flush=True)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (Kubernetes, `delivery up`) stops like Ctrl-C: the serve loop ends,
+        # embedded workers finish their current file, the broker connection closes.
+        signal.signal(signal.SIGTERM,
+                      lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -44,6 +44,12 @@ class News:
         return self._version
 
 
+def _operations() -> Any:
+    from api.operations import Operations  # prometheus_client only when a service is built
+
+    return Operations()
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -52,3 +58,4 @@ class Services:
     objects: ObjectStore
     policy: SourcePolicy
     news: News = field(default_factory=News)
+    ops: Any = field(default_factory=_operations)  # api.operations: metrics, heartbeats

@@ -92,7 +92,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from api.serve import serve
     from delivery.config import Settings
+    from delivery.logs import setup_logging
 
+    setup_logging(args.log_format)
     settings = Settings.from_env(**_overrides(args))
     serve(settings, args.host, args.port, args.workers)
     return 0
@@ -103,10 +105,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from delivery.broker import open_broker
     from delivery.config import Settings
+    from delivery.logs import setup_logging
     from delivery.objects import open_store
-    from transformers.worker import Worker
+    from delivery.preflight import mask_url  # never print the broker password
+    from transformers.activity import Activity, Heartbeat, TrackedWorker, worker_name
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(args.log_format)
     settings = Settings.from_env(**_overrides(args))
     if settings.embedded_broker:
         raise DeliveryError("delivery worker needs DELIVERY_BROKER_URL; without a broker, "
@@ -123,10 +127,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
         reporter = StoreReporter(RequestStore(settings.database_url))
     broker = open_broker(settings.broker_url, settings.queue)
     policy = SourcePolicy.create(settings.allowed_roots)
-    print(f"worker consuming {settings.queue} at {settings.broker_url}", flush=True)
-    Worker(open_store(settings), reporter, policy).run(broker)
+    activity = Activity(worker_name())
+    # Heartbeats go to the API's registry (the dashboard's workers page, /metrics).
+    beat = Heartbeat([activity], reporter.heartbeat).start() \
+        if hasattr(reporter, "heartbeat") else None
+    print(f"worker consuming {settings.queue} at {mask_url(settings.broker_url or '')}",
+          flush=True)
+    logging.getLogger("delivery.worker").info("worker %s consuming %s", activity.name,
+                                              settings.queue)
+    TrackedWorker(open_store(settings), reporter, policy, activity=activity).run(broker)
+    if beat is not None:
+        beat.stop()
     broker.close()
     return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from delivery.config import Settings
+    from delivery.up import up
+
+    return up(Settings.from_env(**_overrides(args)), args.host, args.port, args.workers,
+              args.grace)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -176,11 +197,26 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=2, help="embedded worker processes")
     s.add_argument("--state-dir", default=None, help="overrides DELIVERY_STATE_DIR")
     s.add_argument("--allowed-roots", default=None, help="overrides DELIVERY_ALLOWED_ROOTS")
+    s.add_argument("--log-format", default=None, choices=["json", "text", "auto"],
+                   help="log lines (default DELIVERY_LOG_FORMAT, else json unless a terminal)")
     s.set_defaults(func=cmd_serve)
 
     w = sub.add_parser("worker", help="consume files from the configured broker")
     w.add_argument("--allowed-roots", default=None, help="overrides DELIVERY_ALLOWED_ROOTS")
+    w.add_argument("--log-format", default=None, choices=["json", "text", "auto"],
+                   help="log lines (default DELIVERY_LOG_FORMAT, else json unless a terminal)")
     w.set_defaults(func=cmd_worker)
+
+    u = sub.add_parser("up", help="check the configured services, then run the API and N "
+                                  "supervised workers on this machine")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=5000, help="the API's port (0: any free one)")
+    u.add_argument("--workers", type=int, default=2, help="worker processes")
+    u.add_argument("--grace", type=float, default=300.0,
+                   help="seconds workers get to finish their file on Ctrl-C, then killed")
+    u.add_argument("--state-dir", default=None, help="overrides DELIVERY_STATE_DIR")
+    u.add_argument("--allowed-roots", default=None, help="overrides DELIVERY_ALLOWED_ROOTS")
+    u.set_defaults(func=cmd_up)
 
     d = sub.add_parser("demo", help="run the whole service on this machine, end to end")
     d.add_argument("--events", type=int, default=100_000, help="events per generated file")
@@ -192,6 +228,9 @@ def _parser() -> argparse.ArgumentParser:
     from delivery.client.commands import register  # submit, status, list, get, ...
 
     register(sub)
+    from api.accounts import register as register_accounts  # users, tokens (operators)
+
+    register_accounts(sub)
     return p
 
 

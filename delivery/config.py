@@ -17,6 +17,13 @@ These names are part of the interface:
 ``DELIVERY_QUEUE``              the work queue's name (default ``delivery.files``)
 ``DELIVERY_SERVICE_TOKEN``      the workers' credential for internal endpoints
 ``DELIVERY_API_URL``            where ``delivery worker`` reports (with that token)
+``DELIVERY_AUTH``               ``on``: users need tokens (``POST /token/refresh``)
+``DELIVERY_AUTH_SECRET``        signs access tokens; required (32+ characters) with auth
+``DELIVERY_ACCESS_TTL``         access-token lifetime in seconds (default 900)
+``DELIVERY_FILE_TIMEOUT``       seconds one file's transform may take before it is
+                                killed and retried (default 600; ``0``: no limit)
+``DELIVERY_WORKER_MEMORY``      memory one file's transform may use: bytes or
+                                ``512M``, ``1G``...; more fails the file (default: no limit)
 =============================== ==============================================
 """
 
@@ -27,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "parse_bytes"]
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -47,6 +54,11 @@ class Settings:
     queue: str = "delivery.files"
     service_token: str | None = field(default=None, repr=False)
     api_url: str | None = None
+    auth: bool = False
+    auth_secret: str | None = field(default=None, repr=False)
+    access_ttl: int = 900
+    file_timeout: float | None = 600.0  # None: no limit
+    worker_memory: int | None = None  # bytes; None: no limit
 
     @property
     def embedded_broker(self) -> bool:
@@ -80,6 +92,31 @@ class Settings:
             queue=e.get("DELIVERY_QUEUE") or "delivery.files",
             service_token=e.get("DELIVERY_SERVICE_TOKEN") or None,
             api_url=e.get("DELIVERY_API_URL") or None,
+            auth=e.get("DELIVERY_AUTH", "").lower() in _TRUE,
+            auth_secret=e.get("DELIVERY_AUTH_SECRET") or None,
+            access_ttl=int(e.get("DELIVERY_ACCESS_TTL") or 900),
+            file_timeout=_positive(float(e.get("DELIVERY_FILE_TIMEOUT") or 600)),
+            worker_memory=parse_bytes(e.get("DELIVERY_WORKER_MEMORY") or "0") or None,
         )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _positive(value: float) -> float | None:
+    return value if value > 0 else None
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_bytes(text: str) -> int:
+    """``"1G"``, ``"512M"``, ``"1.5GiB"``, ``"2048"`` as bytes (binary units)."""
+    s = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = s[-1:] if s[-1:] in _UNITS and s[-1:] else ""
+    try:
+        value = float(s[: len(s) - len(unit)])
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (use bytes or e.g. 512M, 1G)") from None
+    if not 0 <= value < float(1 << 62):  # also nan and inf
+        raise ValueError(f"not a size: {text!r}")
+    return int(value * _UNITS[unit])

@@ -14,14 +14,17 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
 from delivery.broker.base import Broker, Verdict
 from delivery.config import Settings
+from delivery.logs import current_format
 from delivery.messages import FileReport, FileTask
 from delivery.policy import SourcePolicy
+from transformers.activity import Activity, Heartbeat, worker_name
 
 __all__ = ["ProcessPool", "WorkerDied", "ChildSpec"]
 
@@ -38,6 +41,7 @@ class ChildSpec:
 
     settings: Settings  # the child opens its own result store from these
     policy: SourcePolicy
+    log_format: str | None = field(default_factory=current_format)  # the parent's
 
 
 class _PipeReporter:
@@ -56,12 +60,16 @@ class _PipeReporter:
 def _child_main(conn: Connection, spec: ChildSpec) -> None:
     import signal
 
+    from delivery.logs import setup_logging
     from delivery.objects import open_store
-    from transformers.worker import Worker
+    from transformers.activity import TrackedWorker
 
     # Ctrl-C reaches the whole process group; the parent decides when children stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    worker = Worker(open_store(spec.settings), _PipeReporter(conn), spec.policy)
+    if spec.log_format is not None:
+        setup_logging(spec.log_format)
+    # Tracked for the log ids only: the parent's slot keeps this child's activity.
+    worker = TrackedWorker(open_store(spec.settings), _PipeReporter(conn), spec.policy)
     while True:
         message = conn.recv()
         if message is None:
@@ -76,6 +84,8 @@ class _Slot:
         self.index = index
         self.process: Any = None
         self.conn: Connection | None = None
+        self.activity = Activity(worker_name(f"slot-{index}"), kind="embedded")
+        self.activity.pid = None  # the child's, once started
 
     def _ensure_child(self) -> Connection:
         if self.process is None or not self.process.is_alive():
@@ -84,12 +94,20 @@ class _Slot:
                 target=_child_main, args=(child, self.pool.spec), daemon=True,
                 name=f"delivery-worker-{self.index}")
             self.process.start()
+            self.activity.pid = self.process.pid
             child.close()
             self.conn = parent
         assert self.conn is not None
         return self.conn
 
     def handle(self, task: FileTask, attempts: int) -> Verdict:
+        self.activity.begin(task)
+        try:
+            return self._handle(task, attempts)
+        finally:
+            self.activity.end()
+
+    def _handle(self, task: FileTask, attempts: int) -> Verdict:
         conn = self._ensure_child()
         conn.send((task, attempts))
         while True:
@@ -98,10 +116,13 @@ class _Slot:
             except (EOFError, OSError):
                 code = self.process.exitcode if self.process else None
                 self.process = None
-                raise WorkerDied(f"worker process died (exit code {code}) on file "
-                                 f"{task.file_id} of {task.request_id}") from None
+                died = (f"worker process died (exit code {code}) on file "
+                        f"{task.file_id} of {task.request_id}")
+                self.activity.error(died, task.request_id)
+                raise WorkerDied(died) from None
             if kind == "record":
                 self.pool.reporter.record(value)
+                self.activity.recorded(value)
                 conn.send(True)
             elif kind == "pending":
                 conn.send(self.pool.reporter.pending(*value))
@@ -120,15 +141,23 @@ class _Slot:
 
 
 class ProcessPool:
-    def __init__(self, broker: Broker, reporter: Any, spec: ChildSpec, workers: int) -> None:
+    """``heartbeat``, if given, receives each slot's activity snapshot (see
+    :mod:`transformers.activity`): on every change and every few seconds."""
+
+    def __init__(self, broker: Broker, reporter: Any, spec: ChildSpec, workers: int,
+                 heartbeat: Callable[[dict[str, Any]], Any] | None = None) -> None:
         self.broker = broker
         self.reporter = reporter
         self.spec = spec
         self.slots = [_Slot(self, i) for i in range(workers)]
         self.stop_event = threading.Event()
         self.threads: list[threading.Thread] = []
+        self.heartbeat = (Heartbeat([s.activity for s in self.slots], heartbeat)
+                          if heartbeat is not None else None)
 
     def start(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.start()
         for slot in self.slots:
             thread = threading.Thread(target=self.broker.consume,
                                       args=(slot.handle, self.stop_event),
@@ -141,6 +170,8 @@ class ProcessPool:
 
     def stop(self, timeout: float = 30.0) -> None:
         self.stop_event.set()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         for thread in self.threads:
             thread.join(timeout=timeout)
         for slot in self.slots:

@@ -68,3 +68,7 @@ class HttpReporter:
     def pending(self, request_id: str, file_id: int) -> bool:
         answer = self._call("GET", f"/internal/requests/{request_id}/files/{file_id}")
         return bool(answer and answer.get("pending"))
+
+    def heartbeat(self, snapshot: dict[str, Any]) -> None:
+        """Tell the API this worker is alive and what it is on (transformers.activity)."""
+        self._call("POST", "/internal/heartbeat", snapshot)
