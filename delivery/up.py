@@ -5,7 +5,7 @@
    free; each problem is one line (passwords masked) and nothing starts.
 2. No broker configured: this is ``delivery serve --workers N``, the embedded
    default (the in-process queue and N worker processes of the serving
-   process). SIGTERM stops it like Ctrl-C.
+   process).
 3. A broker configured: the API (``delivery serve``) and N ``delivery worker``
    processes, supervised by :class:`~delivery.supervisor.Supervisor` (restarts
    with backoff, graceful Ctrl-C, output relayed with secrets masked). The
@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
 import sys
-from typing import Any
 from urllib.parse import urlsplit
 
 from delivery.config import Settings
@@ -59,12 +57,8 @@ def up(settings: Settings, host: str, port: int, workers: int, grace: float = 30
         return 1
     port = _free_port(host, port)
     if settings.embedded_broker:
-        from api.serve import serve
+        from api.serve import serve  # stops cleanly on Ctrl-C and on SIGTERM
 
-        def interrupt(*_: Any) -> None:
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, interrupt)  # serve stops cleanly on KeyboardInterrupt
         serve(settings, host, port, workers)
         return 0
     token = settings.service_token or secrets.token_urlsafe(32)
@@ -79,7 +73,7 @@ def up(settings: Settings, host: str, port: int, workers: int, grace: float = 30
     api = Child("api", [*command, "serve", "--host", host, "--port", str(port), "--workers", "0"])
     pool = [Child(f"worker-{i + 1}", [*command, "worker"]) for i in range(workers)]
     hidden = [token, settings.s3_secret_key or "", settings.s3_read_secret_key or "",
-              getattr(settings, "auth_secret", None) or ""]
+              settings.auth_secret or ""]
     hidden += [urlsplit(url).password or "" for url in (settings.broker_url or "",
                                                          settings.database_url)]
     supervisor = Supervisor(api, pool, env, api_url, secrets_=hidden, grace=grace)
