@@ -26,6 +26,7 @@ import pytest
 from servers import free_port
 from stack import REPO, _postgres_database, _rabbit_or_skip
 
+from delivery.broker.rabbitmq import RabbitBroker
 from delivery.client import Client, Query
 from delivery.objects.s3 import S3Store
 from transformers.generate import generate
@@ -121,14 +122,7 @@ def real_env(tmp_path: Path, data_dir: Path, s3_endpoint: str) -> Iterator[dict[
     with _postgres_database() as database:
         env = _real_env(tmp_path / "state", data_dir, database, s3_endpoint)
         yield env
-        import pika
-
-        with pika.BlockingConnection(pika.URLParameters(BROKER)) as conn:
-            chan = conn.channel()
-            queue = env["DELIVERY_QUEUE"]
-            chan.queue_delete(queue)
-            chan.queue_delete(f"{queue}.dead")
-            chan.exchange_delete(f"{queue}.dead")
+        RabbitBroker(BROKER, env["DELIVERY_QUEUE"]).delete_queues()
 
 
 def test_up_serves_restarts_a_dead_worker_and_stops_cleanly(
@@ -167,6 +161,26 @@ def test_up_serves_restarts_a_dead_worker_and_stops_cleanly(
         assert "writer-secret-42" not in "\n".join(up.lines)
     finally:
         up.stop()
+
+
+def test_children_follow_a_killed_supervisor(tmp_path: Path, data_dir: Path) -> None:
+    """SIGKILL leaves up no time to clean up: the kernel's SIGTERM takes its children."""
+    _rabbit_or_skip(BROKER)
+    queue = f"test.up.{uuid.uuid4().hex}"
+    env = _env(tmp_path / "state", data_dir, DELIVERY_BROKER_URL=BROKER, DELIVERY_QUEUE=queue,
+               DELIVERY_DATABASE_URL=f"sqlite:///{tmp_path / 'd.db'}")
+    up = Up(env, workers=1)
+    try:
+        up.wait_for(r"worker-1 \| worker consuming", timeout=90)
+        children = [pid for pids in up.started().values() for pid in pids]
+        up.proc.kill()
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in children if _alive(pid)], up.text()
+    finally:
+        up.stop()
+        RabbitBroker(BROKER, queue).delete_queues()
 
 
 def _run_up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
