@@ -29,8 +29,8 @@ blueprint = Blueprint("openapi", __name__)
 UNDOCUMENTED = frozenset({"/", "/requests/<request_id>", "/workers", "/login",
                           "/static/<path:filename>"})
 
-_BEARER = [{"bearerAuth": []}]
-_SERVICE = [{"serviceToken": []}]
+_BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+_SERVICE: list[dict[str, list[str]]] = [{"serviceToken": []}]
 _PUBLIC: list[dict[str, list[str]]] = []
 
 _REQUEST_ID = {"name": "request_id", "in": "path", "required": True,
