@@ -17,57 +17,93 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
-import urllib.request
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis.checks import not_a_server_error
 from stack import Stack, embedded_stack
-from test_service import submit, wait_final
 
 from api.openapi import OPERATIONS, UNDOCUMENTED, openapi_path
 from transformers.generate import generate
 
 pytestmark = pytest.mark.integration
 
-MAX_EXAMPLES = 30
+MAX_EXAMPLES = 20  # per operation and auth mode: ~1,900 calls in all
 SELECTION = json.dumps([{"treename": "Events", "filter_name": ["MET_pt", "nMuon"],
                          "cut": "MET_pt > 10"}])
-COUNTS: dict[str, int] = {}
+COUNTS: dict[tuple[bool, str], int] = {}
+PASSED: set[tuple[bool, str]] = set()  # operations that answered 2xx at least once
 
 
 @dataclasses.dataclass
 class Live:
     stack: Stack
-    token: str
+    token: str  # the service credential
     done: str  # a completed request (read operations)
     victim: str  # a request cancel and delete may hit
     files: list[str]
     doc: dict[str, Any]
+    auth: bool
+    access: str  # alice's access JWT (auth on), valid for the whole run
+
+    def headers(self, path: str) -> dict[str, str]:
+        """The credential a real caller of ``path`` holds (auth on: alice's)."""
+        if path.startswith("/internal/"):
+            return {"Authorization": f"Bearer {self.token}"}
+        if not self.auth:
+            return {}
+        if path == "/token/refresh":
+            return {"Authorization": f"Bearer {self.stack.tokens['alice']}"}
+        return {"Authorization": f"Bearer {self.access}"}
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+def _submit(stack: Stack, headers: dict[str, str], files: list[str], **extra: Any) -> str:
+    body = {"title": "fuzz", "selection": SELECTION, "result-format": "parquet",
+            "file-list": files, **extra}
+    got = httpx.post(f"{stack.url}/servicex/transformation", json=body, headers=headers,
+                     timeout=30)
+    assert got.status_code == 200, got.text
+    return str(got.json()["request_id"])
+
+
+def _final(stack: Stack, headers: dict[str, str], request_id: str) -> str:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{stack.url}/api/v1/requests/{request_id}/wait?timeout=5",
+                           headers=headers, timeout=30).json()["status"]["status"]
+        if status in ("Complete", "Fatal", "Canceled", "Bad Dataset"):
+            return str(status)
+    raise AssertionError(f"{request_id} not final after 120 s")
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["auth-off", "auth-on"])
+def live(request: pytest.FixtureRequest,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    auth: bool = request.param
     data = tmp_path_factory.mktemp("fuzz-inputs")
     files = []
     for i in range(2):
         generate(data / f"nano{i}.root", 2000, seed=i, basket_entries=1000)
         files.append(str(data / f"nano{i}.root"))
-    with embedded_stack(tmp_path_factory.mktemp("fuzz"), [data], workers=2) as stack:
+    with embedded_stack(tmp_path_factory.mktemp("fuzz"), [data], workers=2,
+                        auth=auth) as stack:
         # The embedded default has no service credential (its workers write to the store
         # directly); give it one so /internal/* parse what the fuzzer sends.
         token = secrets.token_urlsafe(24)
         svc = stack.services
         svc.settings = dataclasses.replace(svc.settings, service_token=token)
-        done = submit(stack, files, selection=SELECTION)
-        assert wait_final(stack, done)["status"] == "Complete"
-        victim = submit(stack, files[:1], selection=SELECTION, reuse=False)
-        with urllib.request.urlopen(f"{stack.url}/openapi.json", timeout=30) as response:
-            doc = json.loads(response.read())
-        yield Live(stack, token, done, victim, files, doc)
+        headers = stack.headers("alice") if auth else {}
+        done = _submit(stack, headers, files)
+        assert _final(stack, headers, done) == "Complete"
+        victim = _submit(stack, headers, files[:1], reuse=False)
+        doc = httpx.get(f"{stack.url}/openapi.json", timeout=30).json()
+        access = stack.access("alice") if auth else ""
+        yield Live(stack, token, done, victim, files, doc, auth, access)
 
 
 def _either(value: Any, schema: dict[str, Any]) -> dict[str, Any]:
@@ -111,22 +147,25 @@ schema = schemathesis.pytest.from_fixture("api_schema")
           phases=[Phase.explicit, Phase.generate, Phase.shrink],
           suppress_health_check=list(HealthCheck))
 def test_no_server_errors(case: Any, live: Live) -> None:
-    headers = {}
-    if case.path.startswith("/internal/"):
-        headers["Authorization"] = f"Bearer {live.token}"
-    case.call_and_validate(headers=headers, checks=[not_a_server_error])
-    label = f"{case.operation.method.upper()} {case.operation.path}"  # case.method may differ
-    COUNTS[label] = COUNTS.get(label, 0) + 1
+    response = case.call_and_validate(headers=live.headers(case.operation.path),
+                                      checks=[not_a_server_error])
+    label = (live.auth, f"{case.operation.method.upper()} {case.operation.path}")
+    COUNTS[label] = COUNTS.get(label, 0) + 1  # by operation: case.method may differ
+    if response.status_code < 300:
+        PASSED.add(label)
 
 
 def test_fuzzing_covered_every_operation(live: Live) -> None:
     documented = {f"{m.upper()} {path}" for path, item in live.doc["paths"].items() for m in item}
-    fuzzed = set(COUNTS)
-    if not COUNTS:
+    fuzzed = {label for auth, label in COUNTS if auth == live.auth}
+    if not fuzzed:
         pytest.skip("run together with test_no_server_errors")
-    print(f"\nfuzzed {len(fuzzed)} operations with {sum(COUNTS.values())} calls, no 5xx: "
-          + ", ".join(f"{k}={v}" for k, v in sorted(COUNTS.items())))
+    calls = sum(n for (auth, _), n in COUNTS.items() if auth == live.auth)
+    ok = {label for auth, label in PASSED if auth == live.auth}
+    print(f"\nauth {'on' if live.auth else 'off'}: fuzzed {len(fuzzed)} operations with "
+          f"{calls} calls, no 5xx; never a 2xx: {sorted(fuzzed - ok)}")
     assert fuzzed == documented
+    assert len(fuzzed - ok) <= 2  # the fuzzer got past auth and validation, not only 4xx
 
 
 def test_every_route_is_documented_or_listed(live: Live) -> None:
