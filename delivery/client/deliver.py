@@ -19,9 +19,9 @@ Contracts:
   :class:`DeliveryFailed` listing every failed file and its reason; with
   ``fail_if_incomplete=False`` the good part is returned with ``.failures``.
 - Every output format loads into awkward (:mod:`delivery.client.load`):
-  ``output="arrays"`` loads each file in the download pool as it lands and
-  concatenates once at the end; ``"dask"`` returns lazy arrays, one partition
-  per delivered file (:mod:`delivery.client.lazy`).
+  ``output="arrays"`` reads each file in the download pool as it lands and
+  converts them to one array once at the end; ``"dask"`` returns lazy arrays,
+  one partition per delivered file (:mod:`delivery.client.lazy`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from delivery.client.client import (
     FileFailure,
     request_body,
 )
-from delivery.client.load import concatenate, load_file
+from delivery.client.load import combine, load_file, read_part
 from delivery.client.progress import make_progress
 from delivery.client.session import Run, file_order, plan_samples
 from delivery.selection import parse_selection
@@ -188,7 +188,7 @@ def deliver(spec: Mapping[str, Any], *, client: Client | None = None,
         own_dest = tmp if output in ("arrays", "iterator") else None
 
         def load(path: Path, name: str) -> Any:
-            return load_file(path, formats[name])
+            return read_part(path, formats[name])
 
         run = Run(client, plans, download_workers, follow_args, make_progress(progress),
                   load=load if output == "arrays" else None)
@@ -217,9 +217,9 @@ def deliver(spec: Mapping[str, Any], *, client: Client | None = None,
 
             return Delivery({name: to_dask(paths, formats[name])
                              for name, paths in ordered.items()}, failures, run.request_ids)
-        # One concatenation per sample, in file order, of arrays loaded as they landed.
-        arrays = {name: concatenate([loaded[name][k] if loaded[name][k] is not None
-                                     else load(files[name][k], name) for k in keys])
+        # Files were read as they landed; one conversion per sample, in file order.
+        arrays = {name: combine([loaded[name][k] if loaded[name][k] is not None
+                                 else load(files[name][k], name) for k in keys])
                   for name, keys in order.items()}
         return Delivery(arrays, failures, run.request_ids)
     finally:

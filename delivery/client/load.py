@@ -21,7 +21,12 @@ Contract:
 - A ROOT output holding several trees (a selection over several trees) is
   refused with :class:`MultipleTrees` naming them: read it with
   ``output="paths"`` and uproot.
-- :func:`concatenate` joins per-file arrays once, in the order given.
+- :func:`read_part` reads a file without converting it (an Arrow table for
+  Parquet and Arrow, an awkward array for ROOT) and :func:`combine` turns the
+  parts into one array, in the order given, with one conversion: Arrow tables
+  are joined without a copy (``pa.concat_tables``) and converted by a single
+  ``ak.from_arrow``, which bench/bench_client.py measured 3-8x faster than
+  converting each file and joining the arrays with ``ak.concatenate``.
 
 Nothing here evaluates a user string: ROOT branches are chosen with a Python
 predicate over names the file itself lists, never uproot expressions or cuts.
@@ -33,7 +38,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MultipleTrees", "concatenate", "format_of", "load_file", "root_tree_name"]
+__all__ = ["MultipleTrees", "combine", "format_of", "load_file", "read_part",
+           "root_columns", "root_tree_name"]
 
 _BY_SUFFIX = {".parquet": "parquet", ".arrow": "arrow", ".root": "root-file"}
 
@@ -55,31 +61,26 @@ def format_of(path: str | Path, fmt: str | None = None) -> str:
 
 def load_file(path: str | Path, fmt: str | None = None) -> Any:
     """One delivered file as an ``ak.Array`` (see the module's contract)."""
+    return combine([read_part(path, fmt)])
+
+
+def read_part(path: str | Path, fmt: str | None = None) -> Any:
+    """The file read but not converted: a ``pyarrow.Table`` (Parquet, Arrow) or an
+    ``ak.Array`` (ROOT); :func:`combine` finishes the job."""
     kind = format_of(path, fmt)
     if kind == "parquet":
-        return _parquet(Path(path))
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path)
     if kind == "arrow":
-        return _arrow(Path(path))
+        import pyarrow as pa
+
+        # Read into memory rather than memory-map: the caller may delete the file
+        # right after (the per-file iterator does), which a live mapping would forbid
+        # on some platforms.
+        with pa.OSFile(str(path), "rb") as source:
+            return pa.ipc.open_file(source).read_all()
     return _root(Path(path))
-
-
-def _parquet(path: Path) -> Any:
-    import awkward as ak
-    import pyarrow.parquet as pq
-
-    return ak.from_arrow(pq.read_table(path))
-
-
-def _arrow(path: Path) -> Any:
-    import awkward as ak
-    import pyarrow as pa
-
-    # Read into memory rather than memory-map: the caller may delete the file
-    # right after (the per-file iterator does), which a live mapping would forbid
-    # on some platforms.
-    with pa.OSFile(str(path), "rb") as source:
-        table = pa.ipc.open_file(source).read_all()
-    return ak.from_arrow(table)
 
 
 def root_tree_name(file: Any) -> str:
@@ -116,12 +117,17 @@ def _root(path: Path) -> Any:
         return tree.arrays(filter_name=lambda name: name in keep, library="ak")
 
 
-def concatenate(arrays: Sequence[Any]) -> Any:
-    """The per-file arrays as one, in order; no copy for a single file."""
+def combine(parts: Sequence[Any]) -> Any:
+    """The parts from :func:`read_part` as one ``ak.Array``, in order."""
     import awkward as ak
+    import pyarrow as pa
 
-    if not arrays:
+    if not parts:
         return ak.Array([])
-    if len(arrays) == 1:
-        return arrays[0]
-    return ak.concatenate(list(arrays))
+    if all(isinstance(p, pa.Table) for p in parts):
+        try:
+            return ak.from_arrow(pa.concat_tables(parts) if len(parts) > 1 else parts[0])
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass  # schemas differ (files from different servers?): awkward unifies them
+    arrays = [ak.from_arrow(p) if isinstance(p, pa.Table) else p for p in parts]
+    return arrays[0] if len(arrays) == 1 else ak.concatenate(arrays)

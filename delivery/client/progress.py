@@ -6,18 +6,27 @@ files; ``download`` counts files downloaded (or found in the local cache).
 Where it is drawn (:func:`make_progress`):
 
 - ``enabled=False``: nowhere (quiet mode).
-- a terminal or Jupyter: ``tqdm.auto`` if it is installed, else ``rich`` if it
+- a terminal or Jupyter: ``tqdm.auto`` if it is installed (in Jupyter with
+  ipywidgets it draws notebook widgets, else text bars), else ``rich`` if it
   is installed (neither is a dependency), else plain lines;
 - anything else (a log file, a pipe, CI): plain lines on stderr, only at 0 %,
   at each further 10 % and at 100 %, so logs stay short.
+- ``$DELIVERY_PROGRESS`` overrides the choice: ``tqdm``, ``rich``, ``plain`` or
+  ``off`` (``auto``, the default, is the rule above). A display that cannot be
+  imported falls back to plain lines.
 
-Every method is thread-safe: followers and download threads report directly.
+:meth:`Progress.start` is called in the caller's thread before any follower
+starts, so every bar exists (in order: each sample's transform, then download)
+where the call was made, e.g. under the Jupyter cell that runs ``deliver``;
+every other method is thread-safe: followers and download threads report directly.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 __all__ = ["Progress", "make_progress"]
@@ -26,6 +35,9 @@ BARS = ("transform", "download")
 
 
 class Progress(Protocol):
+    def start(self, samples: Iterable[str]) -> None:
+        """Draw both bars of each sample at 0 (total not known yet)."""
+
     def update(self, sample: str, bar: str, done: int, total: int | None) -> None:
         """Set ``bar`` (``"transform"`` or ``"download"``) of ``sample`` to ``done``/``total``
         (``total`` None: not known yet)."""
@@ -33,7 +45,17 @@ class Progress(Protocol):
     def close(self) -> None: ...
 
 
-class Quiet:
+class _Start:
+    def start(self, samples: Iterable[str]) -> None:
+        for sample in samples:
+            for bar in BARS:
+                self.update(sample, bar, 0, None)
+
+    def update(self, sample: str, bar: str, done: int, total: int | None) -> None:
+        raise NotImplementedError
+
+
+class Quiet(_Start):
     def update(self, sample: str, bar: str, done: int, total: int | None) -> None:
         pass
 
@@ -41,7 +63,7 @@ class Quiet:
         pass
 
 
-class PlainLines:
+class PlainLines(_Start):
     """One line per bar at 0 %, each further 10 % and 100 %, on stderr."""
 
     def __init__(self) -> None:
@@ -65,9 +87,13 @@ class PlainLines:
         pass
 
 
-class TqdmBars:
+class TqdmBars(_Start):
     def __init__(self) -> None:
-        from tqdm.auto import tqdm
+        import warnings
+
+        with warnings.catch_warnings():  # "notebook mode" is what we want: say nothing
+            warnings.simplefilter("ignore")
+            from tqdm.auto import tqdm
 
         self._tqdm = tqdm
         self._lock = threading.Lock()
@@ -80,7 +106,9 @@ class TqdmBars:
                 found = self._bars[(sample, bar)] = self._tqdm(
                     total=total, desc=f"{sample} {bar}", unit="file", leave=True)
             if total is not None and found.total != total:
-                found.total = total
+                # reset(), not ``.total =``: the notebook widget sets its maximum there
+                # (a bar made with total None is drawn as an indeterminate one).
+                found.reset(total=total)
             found.n = done
             found.refresh()
 
@@ -91,7 +119,7 @@ class TqdmBars:
             self._bars.clear()
 
 
-class RichBars:
+class RichBars(_Start):
     def __init__(self) -> None:
         from rich.console import Console
         from rich.progress import (
@@ -141,14 +169,24 @@ def _interactive() -> bool:
     return tty or in_jupyter()
 
 
+_CHOICES: dict[str, tuple[type[Progress], ...]] = {
+    "tqdm": (TqdmBars,), "rich": (RichBars,), "plain": (), "off": (Quiet,)}
+
+
 def make_progress(enabled: bool = True) -> Progress:
     """The progress display for this environment (see the module's docstring)."""
+    choice = os.environ.get("DELIVERY_PROGRESS", "auto").strip().lower() or "auto"
     if not enabled:
         return Quiet()
-    if _interactive():
-        for kind in (TqdmBars, RichBars):
-            try:
-                return kind()
-            except ImportError:
-                continue
+    if choice in _CHOICES:
+        kinds = _CHOICES[choice]
+    elif _interactive():
+        kinds = (TqdmBars, RichBars)
+    else:
+        kinds = ()
+    for kind in kinds:
+        try:
+            return kind()
+        except ImportError:
+            continue
     return PlainLines()

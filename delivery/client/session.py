@@ -95,6 +95,7 @@ class Run:
         self.client, self.follow_args, self.load = client, follow_args, load
         self.samples = {p.name: p for p in plans}
         self.progress: Progress = progress or Quiet()
+        self.progress.start(names)  # in the caller's thread: see delivery.client.progress
         self.events: queue.Queue[_Event] = queue.Queue()
         self.stop = threading.Event()
         self.lock = threading.Lock()
