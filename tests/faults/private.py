@@ -10,15 +10,19 @@
 
 Stopping the machine's shared RabbitMQ or PostgreSQL would break everyone else's
 tests, so these are the only servers the suite ever stops. They need root (to
-run as the service users); elsewhere the tests skip (CI=true: fail).
+run as the service users); elsewhere the tests skip (CI=true: fail). Their
+ports lie below the kernel's ephemeral range (:func:`stable_port`), so no
+outgoing connection can take one while its server is down for a restart.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -29,6 +33,23 @@ from servers import LOOPBACK, free_port, require_service, skip_or_fail, wait_for
 __all__ = ["PrivateRabbit", "PrivatePostgres", "Moto"]
 
 RABBIT = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+
+def stable_port() -> int:
+    """A free port outside the kernel's ephemeral range, so it stays free while the
+    server on it is down: nobody's outgoing connection is given it meanwhile."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = random.randrange(10_000, max(low, 10_001))
+        if port in (15672, 25672):  # RabbitMQ's management and distribution defaults
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((LOOPBACK, port))
+                return port
+            except OSError:
+                continue
+    return free_port()
 
 
 def _service_dir(user: str) -> Path:
@@ -53,7 +74,7 @@ class PrivateRabbit:
         if not os.path.exists(RABBIT):
             skip_or_fail(f"RabbitMQ not installed ({RABBIT} missing)")
         self.base = _service_dir("rabbitmq")
-        self.port, self.dist = free_port(), free_port()
+        self.port, self.dist = stable_port(), stable_port()
         self.node = f"faults{self.port}@localhost"
         self.url = f"amqp://guest:guest@{LOOPBACK}:{self.port}/%2F"
         (self.base / "rabbitmq.conf").write_text(f"listeners.tcp.local = {LOOPBACK}:{self.port}\n")
@@ -74,7 +95,7 @@ class PrivateRabbit:
         with open(self.base / "console.log", "ab") as out:
             self.proc = subprocess.Popen(
                 ["runuser", "-u", "rabbitmq", "--", "env", *(f"{k}={v}" for k, v in env.items()),
-                 RABBIT], stdout=out, stderr=out, start_new_session=True)
+                 RABBIT], stdout=out, stderr=out, start_new_session=True, cwd=self.base)
         deadline = time.monotonic() + timeout
         while not self.answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -120,7 +141,7 @@ class PrivatePostgres:
     def __init__(self) -> None:
         self.base = _service_dir("postgres")
         self.data = self.base / "data"
-        self.port = free_port()
+        self.port = stable_port()
         self.url = f"postgresql+psycopg://postgres@{LOOPBACK}:{self.port}/postgres"
         done = _run_as("postgres", _pg_bin("initdb"), "-D", str(self.data), "-A", "trust",
                        "-U", "postgres", "--no-sync", "-E", "UTF8")
@@ -150,7 +171,7 @@ class Moto:
     def __init__(self) -> None:
         self.binary = require_service("moto_server",
                                       "moto_server not installed (pip install 'moto[server]')")
-        self.port = free_port()
+        self.port = stable_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -32,6 +32,7 @@ from faultkit import (
     submit,
     wait_until,
 )
+from servers import free_port
 from stack import embedded_stack
 
 pytestmark = pytest.mark.integration
@@ -139,6 +140,21 @@ def test_sigterm_to_worker_and_transform_mid_file_finishes_the_file(
     log = faults.log(victim)
     assert "recorded: success" in log and "putting it back" not in log, log
     assert_exactly_once(faults, request_id, files)
+    forget(faults, request_id)
+
+
+def test_sigterm_while_waiting_out_an_outage_puts_the_file_back(
+        faults: Faults, steady: Worker, inputs: Inputs) -> None:
+    files = inputs.link("small", "term-back", 3)
+    victim = faults.start_worker({"DELIVERY_S3_ENDPOINT": f"127.0.0.1:{free_port()}"})
+    request_id = submit(faults.stack, [str(f) for f in files], selection=LIGHT)
+    wait_until("the victim to wait for its (dead) store",
+               lambda: "upload failed" in faults.log(victim), timeout=60)
+    victim.send_signal(signal.SIGTERM)
+    assert victim.wait(timeout=30) == 0, faults.log(victim)
+    log = faults.log(victim)
+    assert "putting it back" in log and "recorded" not in log, log  # never acked unfinished
+    assert_exactly_once(faults, request_id, files)  # the steady worker did it after all
     forget(faults, request_id)
 
 
