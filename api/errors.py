@@ -22,6 +22,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Request, jsonify
+from flask import request as incoming
 from werkzeug.exceptions import HTTPException
 
 from api.requestlog import correlation_id
@@ -91,6 +92,8 @@ def read_json(request: Request) -> dict[str, Any]:
     if not request.is_json:
         raise UnsupportedMedia("send the body as JSON (Content-Type: application/json)")
     text = request.get_data(as_text=True)
+    if "\x00" in text or "\\u0000" in text:  # PostgreSQL text cannot hold NUL (a driver 500)
+        raise ApiError("NUL characters are not allowed in the body")
     if not _depth_ok(text, MAX_JSON_DEPTH):
         raise ApiError(f"JSON body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
@@ -111,6 +114,14 @@ def _body(status: int, message: str) -> Any:
 
 
 def install(app: Flask) -> None:
+    @app.before_request
+    def no_nul() -> Any:
+        # Ids and filters reach the database, whose text cannot hold NUL: a 400, not a 500.
+        if "\x00" in incoming.path or any("\x00" in k or "\x00" in v
+                                          for k, v in incoming.args.items(multi=True)):
+            return _body(400, "NUL characters are not allowed in the path or query")
+        return None
+
     @app.errorhandler(ApiError)
     def api_error(err: ApiError) -> Any:
         return _body(err.status, err.message)

@@ -68,9 +68,18 @@ def _reduce(func: str, x: Any) -> Any:
 
 
 def _where(cond: Any, a: Any, b: Any) -> Any:
-    if any(isinstance(v, ak.Array) for v in (cond, a, b)):
-        return ak.where(cond, a, b)
-    return np.where(cond, a, b)
+    args = [cond, a, b]
+    at = [i for i, v in enumerate(args) if isinstance(v, ak.Array)]
+    if not at:
+        return np.where(cond, a, b)
+    if 0 not in at:  # a constant condition (where(1 < 2, x, y)): ak.where refuses scalars
+        args[0] = ak.Array(np.full(len(args[at[0]]), bool(cond)))
+        at.insert(0, 0)
+    # ak.where does not spread an event's value over a collection (it would make a
+    # union of numbers and lists): broadcast first, as arithmetic does.
+    for i, arr in zip(at, ak.broadcast_arrays(*(args[i] for i in at)), strict=True):
+        args[i] = arr
+    return ak.where(*args)
 
 
 def evaluate(expr: Expr, columns: Mapping[str, Any], length: int) -> Any:
@@ -99,7 +108,7 @@ def evaluate_node(expr: Expr, columns: Mapping[str, Any]) -> Any:
         table = _COMPARE if isinstance(expr, Compare) else _BINARY
         try:
             return table[expr.op](left, right)
-        except ValueError as err:
+        except (ValueError, OverflowError) as err:  # Overflow: a literal beyond the dtype
             raise _broadcast_error(err) from None
     assert isinstance(expr, Call)
     args = [evaluate_node(a, columns) for a in expr.args]
@@ -109,11 +118,11 @@ def evaluate_node(expr: Expr, columns: Mapping[str, Any]) -> Any:
         if expr.func == "where":
             return _where(*args)
         return _UFUNCS[expr.func](*args)
-    except ValueError as err:
+    except (ValueError, OverflowError) as err:
         raise _broadcast_error(err) from None
 
 
-def _broadcast_error(err: ValueError) -> SelectionError:
+def _broadcast_error(err: ValueError | OverflowError) -> SelectionError:
     if "broadcast" in str(err) or "nested" in str(err):
         return SelectionError("expression combines jagged branches of different collections "
                               "(their lengths differ within an event)")

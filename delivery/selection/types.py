@@ -80,6 +80,9 @@ def infer(expr: Expr, columns: Mapping[str, ColumnType], field: str) -> ColumnTy
     """The type of ``expr`` over ``columns``; raises on names or operations that cannot work."""
     if isinstance(expr, Num):
         v = expr.value
+        if isinstance(v, int) and abs(v) > 2**63 - 1:  # numpy and awkward cannot take it
+            raise SelectionError(f"integer literal {v} exceeds 64 bits; write it as a float "
+                                 "(e.g. 1e20)", field=field)
         return ColumnType(0, "bool" if isinstance(v, bool) else "int" if isinstance(v, int)
                           else "float")
     if isinstance(expr, Name):
@@ -97,6 +100,8 @@ def infer(expr: Expr, columns: Mapping[str, ColumnType], field: str) -> ColumnTy
             if t.kind == "float":
                 raise SelectionError("~/not needs a boolean, not a number", field=field)
             return t
+        if t.kind == "bool" and expr.op == "-":  # numpy refuses to negate booleans
+            raise SelectionError("- needs a number, not a boolean; use ~ or not", field=field)
         return ColumnType(t.depth, _promote(t.kind, "int"))
     if isinstance(expr, Compare):
         a, b = infer(expr.left, columns, field), infer(expr.right, columns, field)
