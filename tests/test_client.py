@@ -253,3 +253,69 @@ def test_a_server_that_never_adds_up_is_an_error_not_a_hang(
     with pytest.raises(DeliveryStalled, match=words):
         list(Client(odd_server(handle)).follow("rid", **limits))
     assert time.monotonic() - start < 5
+
+
+def test_a_presigned_download_is_direct_retried_when_cut_and_never_sees_our_token(
+        odd_server: Callable[[Handler], str], tmp_path: Path) -> None:
+    """Our API redirects to the object store; the client fetches it with http.client
+    (no Authorization: the URL is its own credential), and a cut transfer is retried."""
+    import hashlib
+
+    payload = bytes(range(256)) * 8000  # 2 MB: several read blocks
+    store_calls: list[tuple[str, str | None]] = []
+    api_calls: list[str | None] = []
+
+    def store(h: http.server.BaseHTTPRequestHandler) -> None:
+        store_calls.append((h.path, h.headers.get("Authorization")))
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(payload)))
+        h.end_headers()
+        h.wfile.write(payload[:70_000] if len(store_calls) == 1 else payload)
+        h.close_connection = True
+
+    store_url = odd_server(store)
+
+    def api(h: http.server.BaseHTTPRequestHandler) -> None:
+        api_calls.append(h.headers.get("Authorization"))
+        h.send_response(307)
+        h.send_header("Location", f"{store_url}/bucket/out.parquet?X-Amz-Signature=abc")
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    client = Client(odd_server(api), token="opaque-bearer", backoff=0.01)
+    item = {"file-id": 4, "s3-object-name": "out.parquet", "total-bytes": len(payload),
+            "sha256": hashlib.sha256(payload).hexdigest()}
+    path = client.download("rid", item, tmp_path)
+    assert path.read_bytes() == payload
+    assert api_calls == ["Bearer opaque-bearer"] * 2
+    assert store_calls == [("/bucket/out.parquet?X-Amz-Signature=abc", None)] * 2
+    assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]
+
+
+def test_an_encoded_store_answer_goes_through_httpx(odd_server: Callable[[Handler], str],
+                                                    tmp_path: Path) -> None:
+    import gzip
+    import hashlib
+
+    payload = b"columnar " * 5000
+    body = gzip.compress(payload)
+
+    def store(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Encoding", "gzip")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+    store_url = odd_server(store)
+
+    def api(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(302)
+        h.send_header("Location", f"{store_url}/b/k")
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    item = {"file-id": 1, "s3-object-name": "k.parquet", "total-bytes": len(payload),
+            "sha256": hashlib.sha256(payload).hexdigest()}
+    path = Client(odd_server(api)).download("rid", item, tmp_path)
+    assert path.read_bytes() == payload

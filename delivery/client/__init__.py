@@ -9,12 +9,11 @@ from delivery.client.client import (
     DeliveryFailed,
     DeliveryStalled,
     FileFailure,
-    TruncatedDownload,
-    verify_size,
 )
 from delivery.client.deliver import Delivery, DeliveryStream, deliver
 from delivery.client.http import ServerRefused
 from delivery.client.query import Query
+from delivery.client.transfer import TruncatedDownload, verify_size
 
 __all__ = ["Client", "Delivery", "DeliveryFailed", "DeliveryStalled", "DeliveryStream",
            "FileFailure", "Query", "ServerRefused", "TruncatedDownload", "deliver",

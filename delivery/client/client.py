@@ -13,11 +13,9 @@ Contracts:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,11 +24,11 @@ from typing import Any
 
 from delivery.client.http import Http
 from delivery.client.query import selection_json
+from delivery.client.transfer import download
 from delivery.errors import PermanentError, TransientError
 
 FINAL = ("Complete", "Fatal", "Canceled", "Bad Dataset")
 FORMATS = ("parquet", "root-file", "arrow")
-_BLOCK = 1 << 20  # bytes per read while downloading
 _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -56,17 +54,6 @@ class DeliveryFailed(PermanentError):
 
 class DeliveryStalled(TransientError):
     """The server made no progress in time, or reports counts that never add up."""
-
-
-class TruncatedDownload(TransientError):
-    """A downloaded file is not as long as the server said, or not the bytes it said."""
-
-
-def verify_size(path: Path, expected: int) -> None:
-    """Raise :class:`TruncatedDownload` unless ``path`` holds exactly ``expected`` bytes."""
-    size = path.stat().st_size
-    if size != expected:
-        raise TruncatedDownload(f"{path.name}: got {size} bytes, expected {expected}")
 
 
 def _when(text: str) -> datetime:
@@ -213,48 +200,11 @@ class Client:
                  attempts: int = 3) -> Path:
         """Download one successful result into ``dest_dir``; its final path.
 
-        Streams to a hidden ``.part`` file, hashing as it goes, verifies its size
-        equals ``total-bytes`` and its SHA-256 the server's ``sha256``, then renames
-        it into place. A short or broken transfer
-        is retried (``attempts`` in all) and finally raises
-        :class:`TruncatedDownload` or :class:`~delivery.errors.TransientError`;
-        no partial file is left behind.
+        Size and SHA-256 are verified while it streams, before it is renamed into
+        place; a presigned URL is fetched straight from the object store
+        (:func:`delivery.client.transfer.download` says how, and what is retried).
         """
-        dest_dir = Path(dest_dir)
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        file_id = item["file-id"]
-        name = Path(str(item.get("s3-object-name") or "")).name
-        if name in ("", ".", "..") or name.startswith("."):
-            name = f"file-{file_id}"
-        final = dest_dir / name
-        expected = int(item["total-bytes"])
-        path = f"/api/v1/requests/{request_id}/files/{file_id}/download"
-        error: TransientError | None = None
-        for n in range(attempts):
-            if n:
-                time.sleep(self.http.backoff * 2 ** (n - 1))
-            part = dest_dir / f".{name}.{uuid.uuid4().hex[:8]}.part"
-            digest = hashlib.sha256()
-            try:
-                # Hash while the bytes stream past (hashlib releases the GIL on large
-                # blocks): no second pass over the file after the transfer.
-                with self.http.stream(path) as response, part.open("wb") as out:
-                    for chunk in response.iter_bytes(_BLOCK):
-                        digest.update(chunk)
-                        out.write(chunk)
-                verify_size(part, expected)
-                expected_sha = item.get("sha256")
-                if expected_sha and digest.hexdigest() != expected_sha:
-                    raise TruncatedDownload(f"{name}: content differs from the server's checksum")
-                os.replace(part, final)
-                return final
-            except TransientError as err:
-                error = err
-            finally:
-                part.unlink(missing_ok=True)
-        assert error is not None
-        raise type(error)(f"download of file {file_id} of {request_id} failed after "
-                          f"{attempts} attempts: {error.reason}")
+        return download(self.http, request_id, item, dest_dir, attempts=attempts)
 
 
 def request_body(sample: Mapping[str, Any]) -> dict[str, Any]:

@@ -128,15 +128,17 @@ class Http:
         return self.request("GET", path, params=params or None)
 
     @contextlib.contextmanager
-    def stream(self, path: str) -> Iterator[httpx.Response]:
-        """A GET whose body is read by the caller (redirects followed); one attempt.
+    def stream(self, path: str, *, follow_redirects: bool = True) -> Iterator[httpx.Response]:
+        """A GET whose body is read by the caller; one attempt.
 
-        A non-2xx answer raises as :func:`raise_for` says; connection trouble is
-        a :class:`TransientError`. Callers retry the whole transfer.
+        A 4xx/5xx answer raises as :func:`raise_for` says (a redirect that is not
+        followed is handed over as it is); connection trouble is a
+        :class:`TransientError`. Callers retry the whole transfer.
         """
         what = f"GET {path}"
         try:
-            with self._client.stream("GET", path, follow_redirects=True) as response:
+            with self._client.stream("GET", path,
+                                     follow_redirects=follow_redirects) as response:
                 raise_for(response, what)
                 yield response
         except httpx.TransportError as err:
