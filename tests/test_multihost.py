@@ -51,6 +51,7 @@ SELECTION = json.dumps([{"treename": "Events", "filter_name": ["MET_*", "Muon_*"
                          "cut": "MET_pt > 60"}])
 RECORDED = re.compile(r"file (\d+) of ([0-9a-f-]+) recorded: (\w+)")
 FINAL = ("Complete", "Fatal", "Canceled", "Bad Dataset")
+BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"  # as this machine sees it
 API_PORT = 8000  # the API host's own port: nothing else lives in its namespace
 _PROBE = """import socket, sys
 try:
@@ -157,10 +158,19 @@ def _start(cluster: Cluster, host: str, argv: list[str], **extra: str) -> \
                                 stdout=log, stderr=subprocess.STDOUT)
 
 
+def _consumers(queue: str) -> int:
+    import pika
+
+    with contextlib.suppress(pika.exceptions.ChannelClosedByBroker), \
+            pika.BlockingConnection(pika.URLParameters(BROKER)) as conn:
+        return int(conn.channel().queue_declare(queue, passive=True).method.consumer_count)
+    return 0  # not declared yet
+
+
 @pytest.fixture
 def cluster(tmp_path: Path, big_file: Path) -> Iterator[Cluster]:
     require_netns()
-    _rabbit_or_skip("amqp://guest:guest@127.0.0.1:5672/%2F")
+    _rabbit_or_skip(BROKER)
     queue = f"test.multihost.{uuid.uuid4().hex}"
     with network(["api", "w1", "w2"]) as net, \
             tcp_forwarder(net.gateway, ("127.0.0.1", 5672)) as amqp_port, \
@@ -195,9 +205,9 @@ def cluster(tmp_path: Path, big_file: Path) -> Iterator[Cluster]:
                 scratch.mkdir()
                 cluster.workers[host] = _start(cluster, host, [*python, "worker"],
                                                TMPDIR=str(scratch))
+            # Both hosts subscribed before the first request (else one could take it all).
             deadline = time.monotonic() + 60
-            while not all(b"worker consuming" in (tmp_path / f"{h}.log").read_bytes()
-                          for h in cluster.workers):
+            while _consumers(queue) < len(cluster.workers):
                 assert time.monotonic() < deadline and all(
                     p.poll() is None for p in cluster.workers.values()), \
                     (tmp_path / "w1.log").read_text()[-2000:]
@@ -215,7 +225,7 @@ def cluster(tmp_path: Path, big_file: Path) -> Iterator[Cluster]:
             with contextlib.suppress(Exception):
                 from delivery.broker.rabbitmq import RabbitBroker
 
-                RabbitBroker("amqp://guest:guest@127.0.0.1:5672/%2F", queue).delete_queues()
+                RabbitBroker(BROKER, queue).delete_queues()
 
 
 def _check_exactly_once(cluster: Cluster, request_id: str, files: list[Path]) -> None:
