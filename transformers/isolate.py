@@ -8,9 +8,11 @@ of it:
 
 - a result or a :class:`~delivery.errors.DeliveryError`: as if it ran in the worker;
 - more memory than ``Limits.memory`` (the child's resident set, watched by the
-  worker, or an allocation refused by the child's address-space cap): the child
-  is killed and :class:`OutOfMemory` raised. Permanent: the same file needs as
-  much memory on its next delivery;
+  worker every 50 ms, or an allocation refused by the child's address-space cap
+  of its size at birth plus the limit): the child is killed and
+  :class:`OutOfMemory` raised. Permanent: the same file needs as much memory on
+  its next delivery. The resident set counts the ~150 MB of libraries the child
+  shares with the worker, so the limit is what the whole transform process may use;
 - more time than ``Limits.seconds``: killed, :class:`FileTimeout`. Transient: a
   stalled server may answer later, or to another worker;
 - death by a signal or an unexpected exit (a segfault, ``os._exit``, the kernel's
