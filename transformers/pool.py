@@ -21,6 +21,7 @@ from typing import Any
 
 from delivery.broker.base import Broker, Verdict
 from delivery.config import Settings
+from delivery.errors import TransientError
 from delivery.logs import current_format
 from delivery.messages import FileReport, FileTask
 from delivery.policy import SourcePolicy
@@ -48,13 +49,18 @@ class _PipeReporter:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
+    def _ask(self, message: tuple[str, Any]) -> Any:
+        self.conn.send(message)
+        ok, value = self.conn.recv()
+        if not ok:  # the serving process could not do it (its store is down, say)
+            raise TransientError(value)
+        return value
+
     def record(self, report: FileReport) -> None:
-        self.conn.send(("record", report))
-        self.conn.recv()
+        self._ask(("record", report))
 
     def pending(self, request_id: str, file_id: int) -> bool:
-        self.conn.send(("pending", (request_id, file_id)))
-        return bool(self.conn.recv())
+        return bool(self._ask(("pending", (request_id, file_id))))
 
 
 def _child_main(conn: Connection, spec: ChildSpec) -> None:
@@ -120,14 +126,21 @@ class _Slot:
                         f"{task.file_id} of {task.request_id}")
                 self.activity.error(died, task.request_id)
                 raise WorkerDied(died) from None
-            if kind == "record":
-                self.pool.reporter.record(value)
-                self.activity.recorded(value)
-                conn.send(True)
-            elif kind == "pending":
-                conn.send(self.pool.reporter.pending(*value))
-            else:
+            if kind == "verdict":
                 return Verdict(value)
+            # Every question of the child gets exactly one answer, errors included:
+            # otherwise the next task would be read as the answer and acked undone.
+            try:
+                if kind == "record":
+                    self.pool.reporter.record(value)
+                    self.activity.recorded(value)
+                    answer: Any = None
+                else:
+                    answer = self.pool.reporter.pending(*value)
+            except Exception as err:  # noqa: BLE001 - told to the child, which retries
+                conn.send((False, f"{type(err).__name__}: {err}"))
+                continue
+            conn.send((True, answer))
 
     def stop(self) -> None:
         if self.conn is not None and self.process is not None and self.process.is_alive():

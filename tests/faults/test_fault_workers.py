@@ -206,11 +206,6 @@ def test_poison_file_on_the_embedded_default(inputs: Inputs, tmp_path: Path,
         assert stack.services.broker.dead_depth() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="transformers/pool.py: a reporter error in the serving "
-                   "process leaves the child waiting for its reply, so the next task's message "
-                   "is taken as that reply and the task is acked unworked (fix proposed to the "
-                   "lead: answer every child request with (ok, value) and raise TransientError "
-                   "in _PipeReporter)")
 def test_a_store_error_while_recording_loses_nothing_on_the_embedded_default(
         inputs: Inputs, tmp_path: Path) -> None:
     from delivery.errors import TransientError
