@@ -22,6 +22,7 @@ from delivery.errors import TransientError
 from delivery.messages import FAILURE, FileReport, FileTask
 from delivery.objects import open_store
 from delivery.policy import SourcePolicy
+from delivery.preflight import mask_url
 
 __all__ = ["Running", "build_services", "start_background", "serve"]
 
@@ -106,7 +107,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     running = start_background(services, workers)
     server = make_server(host, port, create_app(services), threaded=True)
     mode = (f"embedded: {workers} worker process(es), SQLite/local store"
-            if settings.embedded_broker else f"API only; broker {settings.broker_url}")
+            if settings.embedded_broker else f"API only; broker {mask_url(settings.broker_url or '')}")
     print(f"delivery serving on http://{host}:{server.server_port} ({mode}); "
           f"state in {settings.state_dir}", flush=True)
     if threading.current_thread() is threading.main_thread():

@@ -128,6 +128,8 @@ def setup_logging(fmt: str | None = None, level: int | str = logging.INFO,
     setattr(handler, _MARK, True)
     root.addHandler(handler)
     root.setLevel(level)
+    # pika logs every connection step at INFO: a flood that hides our own lines.
+    logging.getLogger("pika").setLevel(logging.WARNING)
     _configured = chosen
     return chosen
 

@@ -45,3 +45,29 @@ def test_sigterm_stops_api_and_embedded_workers(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_serve_never_prints_the_broker_password(tmp_path: Path) -> None:
+    from stack import _rabbit_or_skip
+
+    broker = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    _rabbit_or_skip(broker)
+    env = {**os.environ, "DELIVERY_STATE_DIR": str(tmp_path / "state"),
+           "DELIVERY_BROKER_URL": broker, "DELIVERY_QUEUE": f"test.serve.{os.getpid()}"}
+    proc = subprocess.Popen([sys.executable, "-m", "delivery", "serve", "--port", "0",
+                             "--log-format", "text"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert "API only" in first and "guest:***@" in first and "guest:guest" not in first
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        import pika
+
+        conn = pika.BlockingConnection(pika.URLParameters(broker))
+        chan = conn.channel()
+        for name in (env["DELIVERY_QUEUE"], env["DELIVERY_QUEUE"] + ".dead"):
+            chan.queue_delete(name)
+        conn.close()
