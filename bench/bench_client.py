@@ -17,22 +17,15 @@ out). Inputs are generated once into bench/.data/client/; every run's state
    ``ak.from_parquet`` of the path it returns. Each run's cut threshold differs
    (``MET_pt > -1000 - i``, a cut no event fails), so every request is really
    transformed, never answered from the server's result cache (checked).
-2. Throughput: one request over N files, transformed once (warm-up). Then, best of
-   ``--repeat``: (a) ``deliver`` of the same spec again: the server answers from
-   its result cache, so the time is submit + server-side copy + download + load;
-   (b) download + load only: ``Client.download`` of each result of the completed
-   request (4 in parallel, as ``deliver`` does) and loading each into awkward;
-   against the baseline ``ak.from_parquet`` of the very same output files already
-   on local disk, measured in the same run. Ratio target >= 0.8.
+2. Throughput (bench/client_throughput.py): 20 files of 100k events delivered and loaded,
+   against ``ak.from_parquet`` of the same files on local disk (target >= 0.8).
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import os
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -45,13 +38,10 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from bench_service import ensure, pct, preflight, real  # noqa: E402 - after the path
+from client_throughput import print_throughput, throughput  # noqa: E402
 
 LATENCY_COLUMNS = ["MET_pt", "nMuon", "Muon_pt"]
-COLUMNS = ["nMuon", "Muon_pt", "Muon_eta", "Muon_phi", "Muon_charge",
-           "nJet", "Jet_pt", "Jet_eta", "Jet_btagDeepFlavB", "MET_pt", "MET_phi"]  # fmt: skip
 LATENCY_TARGET_S = 1.0
-RATIO_TARGET = 0.8
-DOWNLOAD_WORKERS = 4  # deliver()'s default
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -125,96 +115,6 @@ def servicex_config(home: Path, url: str) -> Path | None:
     return path
 
 
-# --------------------------------------------------------------------------- throughput
-
-
-def spec_for(files: list[Path]) -> dict[str, Any]:
-    from delivery import Query
-
-    return {"Sample": [{"Name": "tput", "Dataset": [str(f) for f in files],
-                        "Query": Query("Events").columns(*COLUMNS)}]}
-
-
-def baseline_load(paths: list[Path]) -> tuple[Any, float]:
-    """``ak.from_parquet`` of files already on local disk, concatenated like deliver."""
-    import awkward as ak
-
-    return timed(lambda: ak.concatenate([ak.from_parquet(p) for p in paths]))
-
-
-def deliver_reused(url: str, files: list[Path]) -> tuple[Any, float, str]:
-    from delivery import Client, deliver
-
-    with Client(url) as client:
-        got, s = timed(lambda: deliver(spec_for(files), client=client, cache=False,
-                                       progress=False))
-        request_id = got.request_ids["tput"]
-        if not client.status(request_id).get("reused-from"):
-            raise SystemExit(f"{request_id} was transformed again, not served from the cache")
-    return got["tput"], s, request_id
-
-
-def download_and_load(url: str, request_id: str, dest: Path,
-                      load: bool = True) -> tuple[Any, float]:
-    """``Client.download`` of every result (in parallel) and loading each, as deliver does
-    (``load=False``: the transfer alone; the value is then the list of paths)."""
-    import awkward as ak
-
-    from delivery import Client
-    from delivery.client.session import file_order, load_file
-
-    with Client(url) as client:
-        items = sorted(client.results(request_id, "success"),
-                       key=lambda it: file_order(it["file-id"]))
-
-        def one(item: Any) -> Any:
-            path = client.download(request_id, item, dest)
-            return load_file(path) if load else path
-
-        def run() -> Any:
-            with concurrent.futures.ThreadPoolExecutor(DOWNLOAD_WORKERS) as pool:
-                got = list(pool.map(one, items))
-            return ak.concatenate(got) if load else got
-
-        array, s = timed(run)
-    shutil.rmtree(dest, ignore_errors=True)
-    return array, s
-
-
-def throughput(url: str, files: list[Path], tmp: Path, repeat: int) -> dict[str, Any]:
-    from delivery import Client, deliver
-
-    with Client(url) as client:  # transform once; keep the outputs on disk for the baseline
-        got, transform_s = timed(lambda: deliver(
-            spec_for(files), client=client, cache=False, progress=False, output="paths",
-            dest_dir=tmp / "local"))
-        request_id = got.request_ids["tput"]
-        paths = list(got["tput"])
-    if len(paths) != len(files):
-        raise SystemExit(f"{len(paths)} outputs for {len(files)} files")
-    out_bytes = sum(p.stat().st_size for p in paths)
-    runs: dict[str, list[float]] = {"baseline": [], "transfer": [], "download": [],
-                                    "deliver": []}
-    ref = None
-    for i in range(max(1, repeat)):  # interleaved, so drifting load hits each variant alike
-        array, s = baseline_load(paths)
-        runs["baseline"].append(s)
-        ref = array if ref is None else ref
-        _, s = download_and_load(url, request_id, tmp / f"transfer-{i}", load=False)
-        runs["transfer"].append(s)
-        array, s = download_and_load(url, request_id, tmp / f"download-{i}")
-        runs["download"].append(s)
-        if len(array) != len(ref):
-            raise SystemExit(f"download+load: {len(array)} events, baseline {len(ref)}")
-        array, s, _ = deliver_reused(url, files)
-        runs["deliver"].append(s)
-        if len(array) != len(ref) or sorted(array.fields) != sorted(ref.fields):
-            raise SystemExit(f"deliver: {len(array)} events, baseline {len(ref)}")
-    assert ref is not None
-    return {"runs": runs, "events": len(ref), "bytes": out_bytes, "nbytes": ref.nbytes,
-            "transform_s": transform_s}
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -250,9 +150,10 @@ def main() -> None:
     p.add_argument("--events", type=int, help="events per throughput file (100k; quick 20k)")
     p.add_argument("--latency-events", type=int, default=10_000)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--repeat", type=int, default=3,
-                   help="throughput runs per variant; the fastest is kept")
+    p.add_argument("--repeat", type=int, default=5,
+                   help="interleaved throughput rounds (each runs every variant once)")
     p.add_argument("--skip-servicex", action="store_true", help="our client only")
+    p.add_argument("--skip-latency", action="store_true", help="the throughput part only")
     p.add_argument("--data", default=str(BENCH / ".data"))
     args = p.parse_args()
 
@@ -284,18 +185,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="run-", dir=data) as tmp_name:
         tmp = Path(tmp_name)
         with real(tmp / "real", data, args.workers) as url:
-            lat["ours: delivery.deliver"] = latency(
-                url, lambda cut: ours_once(url, small, cut), n_runs, 0, warm,
-                args.latency_events)
-            config = None if args.skip_servicex else servicex_config(tmp / "sx", url)
+            if not args.skip_latency:
+                lat["ours: delivery.deliver"] = latency(
+                    url, lambda cut: ours_once(url, small, cut), n_runs, 0, warm,
+                    args.latency_events)
+            config = None if args.skip_servicex or args.skip_latency else servicex_config(
+                tmp / "sx", url)
             if config is not None:
                 lat["servicex 3.3.1: servicex.deliver + ak.from_parquet"] = latency(
                     url, lambda cut: servicex_once(config, small, cut), n_runs, 100_000,
                     warm, args.latency_events)
             tput = throughput(url, files, tmp, args.repeat)
 
+    if lat:
+        print_latency(lat, args.latency_events, n_runs, warm)
+    print_throughput(tput, n_files, events, args.repeat)
+
+
+def print_latency(lat: dict[str, dict[str, Any]], n_events: int, n_runs: int,
+                  warm: int) -> None:
     print(f"\n## Latency: submit -> ak.Array in this process (s; 1 file x "
-          f"{args.latency_events:,} events, {LATENCY_COLUMNS}; {n_runs} runs each after "
+          f"{n_events:,} events, {LATENCY_COLUMNS}; {n_runs} runs each after "
           f"{warm} untimed; every run transformed)\n")
     print("| client | p50 | p95 | min | max | mean |")
     print("|---|---|---|---|---|---|")
@@ -312,29 +222,6 @@ def main() -> None:
         print(f"servicex / ours: p50 {pct(theirs, 50) / ours:.1f}x, p95 "
               f"{pct(theirs, 95) / pct(lat['ours: delivery.deliver']['seconds'], 95):.1f}x")
 
-    runs, mb = tput["runs"], tput["bytes"] / 1e6
-    base = min(runs["baseline"])
-    print(f"\n## Throughput: download + load, {n_files} files x {events:,} events, "
-          f"{len(COLUMNS)} columns, no cut ({mb:.0f} MB parquet, {tput['nbytes'] / 1e6:.0f} MB "
-          f"in memory; best of {args.repeat})\n")
-    print("| variant | seconds | MB/s (parquet) | events/s | vs baseline |")
-    print("|---|---|---|---|---|")
-    rows = [("baseline: ak.from_parquet of the same files on local disk", "baseline"),
-            (f"(diagnostic) ours: Client.download x{DOWNLOAD_WORKERS} only, no load",
-             "transfer"),
-            (f"ours: Client.download x{DOWNLOAD_WORKERS} + load (request Complete)",
-             "download"),
-            ("ours: deliver() again, served from the server's result cache "
-             "(submit + copy + download + load)", "deliver")]
-    for name, key in rows:
-        s = min(runs[key])
-        print(f"| {name} | {s:.2f} | {mb / s:.0f} | {tput['events'] / s:,.0f} | "
-              f"{base / s:.2f} |")
-    ratio = base / min(runs["download"])
-    print(f"\ndownload+load / baseline = {ratio:.2f}: target >= {RATIO_TARGET} "
-          f"{'met' if ratio >= RATIO_TARGET else 'NOT met'}; deliver() end to end / baseline = "
-          f"{base / min(runs['deliver']):.2f}; first transform of the request took "
-          f"{tput['transform_s']:.1f} s; load average at end (1 min): {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

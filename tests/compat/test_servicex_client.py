@@ -1,9 +1,11 @@
 """The unmodified PyPI ``servicex`` 3.x client against the real stack.
 
 RabbitMQ + moto S3 + PostgreSQL + ``delivery worker`` subprocesses (``tests/stack.py``):
-``servicex.deliver`` submits, polls ``/results`` and downloads from S3 itself, so
-this is the whole ServiceX contract of ``shared/docs/servicex-protocol.md`` end
-to end. Every client call runs in a daemon thread with a deadline: a server that
+``servicex.deliver`` submits, polls ``/results`` and downloads from S3 itself (or,
+with ``Delivery: URLs``, hands back presigned URLs), so this is the whole ServiceX
+contract of ``shared/docs/servicex-protocol.md`` end to end; a second, auth-on
+stack checks the ``token`` of ``servicex.yaml`` and ``/token/refresh``. Every
+client call runs in a daemon thread with a deadline: a server that
 breaks the completion rule makes the client poll forever, and that must be a
 failure here, not a hung suite.
 """
@@ -18,6 +20,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -108,14 +111,25 @@ def config(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def client_config(stack: Stack, home: Path, token: str | None = None) -> Path:
+    """A ``servicex.yaml`` of its own (its own cache_path) in ``home``."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "servicex.yaml"
+    line = f"    token: {token}\n" if token else ""
+    path.write_text(f"api_endpoints:\n  - endpoint: {stack.url}\n    name: local\n{line}"
+                    f"cache_path: {home / 'cache'}\n")
+    return path
+
+
 def uproot_raw(**extra: Any) -> Any:
     return query.UprootRaw([{"treename": "events", "filter_name": BRANCHES, "cut": CUT,
                              **extra}])
 
 
 def deliver(config: Path, samples: list[dict[str, Any]], fmt: str,
-            timeout: float = DEADLINE) -> tuple[dict[str, Any], float]:
-    spec = {"General": {"OutputFormat": fmt, "Delivery": "LocalCache"}, "Sample": samples}
+            timeout: float = DEADLINE,
+            delivery: str = "LocalCache") -> tuple[dict[str, Any], float]:
+    spec = {"General": {"OutputFormat": fmt, "Delivery": delivery}, "Sample": samples}
     return bounded(lambda: servicex.deliver(spec, config_path=str(config),
                                             ignore_local_cache=True,
                                             progress_bar=ProgressBarFormat.none), timeout)
@@ -166,6 +180,38 @@ def test_deliver_downloads_exact_results(config: Path, inputs: Path, expected: a
         assert Path(path).parent.parent == config.parent / "cache"
         assert_same(reader(path), expected)
     assert elapsed < 60, f"{fmt}: the client took {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize("fmt, reader", [("parquet", read_parquet), ("root-ttree", read_root)])
+def test_delivery_urls_are_fetchable_and_hold_the_same_data(
+        inputs: Path, stack: Stack, expected: ak.Array, tmp_path: Path,
+        fmt: str, reader: Callable[[str], ak.Array]) -> None:
+    """``Delivery: URLs``: the client downloads nothing and returns presigned object-store
+    URLs (signed with the read-only pair our status hands out); each is fetchable by
+    plain HTTP, without credentials, and holds exactly the data."""
+    config = client_config(stack, tmp_path / "client")
+    files = [str(inputs / name) for name in INPUTS]
+    result, _elapsed = deliver(config, [{"Name": f"urls-{fmt}",
+                                         "Dataset": dataset.FileList(files),
+                                         "Query": uproot_raw()}], fmt, delivery="URLs")
+    urls = list(result[f"urls-{fmt}"])
+    assert len(urls) == 2, urls
+    cache = config.parent / "cache"
+    assert not any(p.is_file() and p.suffix in (".parquet", ".root")
+                   for p in cache.rglob("*"))  # nothing downloaded
+    endpoint = stack.env["DELIVERY_S3_ENDPOINT"]
+    for n, url in enumerate(urls):
+        assert url.startswith(f"http://{endpoint}/"), url  # the store, not our API
+        query_string = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+        # signed (SigV2 or SigV4, as the client's boto chooses) with the read-only key
+        key = (query_string.get("AWSAccessKeyId")
+               or [query_string["X-Amz-Credential"][0].split("/")[0]])[0]
+        assert key == "reader", url
+        with urllib.request.urlopen(url, timeout=30) as response:  # no headers, no keys
+            data = response.read()
+        local = tmp_path / f"{n}.{'parquet' if fmt == 'parquet' else 'root'}"
+        local.write_bytes(data)
+        assert_same(reader(str(local)), expected)
 
 
 def test_two_samples_in_one_call_and_a_repeat(config: Path, inputs: Path, stack: Stack,
@@ -298,3 +344,56 @@ def test_cli_lists_datasets(config: Path, inputs: Path, stack: Stack) -> None:
     did_id = api(stack, f"/servicex/transformation/{request_id}")["did_id"]
     rows = [line.split() for line in cli(config, "datasets", "list").splitlines()]
     assert str(did_id) in [row[0] for row in rows if row]
+
+
+# -- auth on: ``token`` in servicex.yaml, exchanged at /token/refresh ----------------
+
+
+@pytest.fixture(scope="module")
+def auth_stack(inputs: Path, tmp_path_factory: pytest.TempPathFactory,
+               s3_endpoint: str) -> Iterator[Stack]:
+    with real_stack(tmp_path_factory.mktemp("sx-auth-stack"), [inputs], s3_endpoint,
+                    workers=1, auth=True) as s:
+        yield s
+
+
+def test_with_auth_the_token_in_servicex_yaml_is_refreshed_and_used(
+        auth_stack: Stack, inputs: Path, expected: ak.Array, tmp_path: Path) -> None:
+    """The client exchanges ``token`` at POST /token/refresh for an access JWT (it reads
+    its ``exp`` itself), sends it on every call, and gets exact results; the request is
+    alice's: bob cannot see it."""
+    config = client_config(auth_stack, tmp_path / "alice", auth_stack.tokens["alice"])
+    result, _elapsed = deliver(config, [{"Name": "with-auth",
+                                         "Dataset": dataset.FileList([str(inputs / "hzz.root")]),
+                                         "Query": uproot_raw()}], "parquet")
+    (path,) = result["with-auth"]
+    assert_same(read_parquet(path), expected)
+    request_id = Path(path).parent.name
+
+    def status(user: str) -> int:
+        req = urllib.request.Request(f"{auth_stack.url}/servicex/transformation/{request_id}",
+                                     headers=auth_stack.headers(user))
+        try:
+            with urllib.request.urlopen(req, timeout=30) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    assert (status("alice"), status("bob"), status("admin")) == (200, 404, 200)
+
+
+@pytest.mark.parametrize("token", [None, "not-a-token"])
+def test_with_auth_a_missing_or_bad_token_is_the_clients_error_not_a_hang(
+        auth_stack: Stack, inputs: Path, tmp_path: Path, token: str | None) -> None:
+    config = client_config(auth_stack, tmp_path, token)
+    start = time.monotonic()
+    with pytest.raises(Exception) as info:  # raised by deliver() or by reading its result
+        result, _ = deliver(config, [{"Name": "no-auth",
+                                      "Dataset": dataset.FileList([str(inputs / "hzz.root")]),
+                                      "Query": uproot_raw()}], "parquet", timeout=120)
+        list(result["no-auth"])
+    elapsed = time.monotonic() - start
+    cause = getattr(info.value, "_exc", info.value)
+    assert type(cause).__name__ == "AuthorizationError", repr(cause)
+    assert ("Not authorized" in str(cause)) if token is None else ("rejected [401" in str(cause))
+    assert elapsed < 90
