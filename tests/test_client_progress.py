@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import in_ci
 from stack import REPO, Stack, embedded_stack
 
 from transformers.generate import generate
@@ -150,9 +151,14 @@ def widget_states(messages: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def test_both_bars_are_notebook_widgets_in_jupyter(stack: Stack, data_dir: Path,
                                                    tmp_path: Path) -> None:
-    jupyter_client = pytest.importorskip("jupyter_client")
-    pytest.importorskip("ipykernel")
-    pytest.importorskip("ipywidgets")
+    try:  # the test extra installs them; a laptop without them skips, CI fails
+        import ipykernel  # noqa: F401
+        import ipywidgets  # noqa: F401
+        import jupyter_client
+    except ImportError as err:
+        if in_ci():
+            raise
+        pytest.skip(f"Jupyter kernel packages missing: {err}")
     env = {**os.environ, "PYTHONPATH": str(REPO), "DELIVERY_CACHE": str(tmp_path / "cache")}
     env.pop("DELIVERY_PROGRESS", None)
     manager = jupyter_client.KernelManager(kernel_name="python3")
