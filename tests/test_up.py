@@ -235,6 +235,11 @@ def test_up_without_a_broker_is_the_embedded_default(tmp_path: Path, data_dir: P
         assert children, "the embedded worker process should be running"
         up.proc.send_signal(signal.SIGTERM)
         assert up.proc.wait(timeout=60) == 0, up.text()
+        # multiprocessing's helpers (the resource tracker) notice the parent is gone
+        # only when their pipe closes: give them a moment, then none may be left.
+        deadline = time.monotonic() + 15
+        while [pid for pid in children if _alive(pid)] and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert not [pid for pid in children if _alive(pid)]
     finally:
         up.stop()
