@@ -172,10 +172,12 @@ class Supervisor:
             if not self.api.alive():
                 return False
             try:
-                with urllib.request.urlopen(self.api_url + "/servicex", timeout=1):  # noqa: S310
+                # /readyz is public and answers 200 only once the database and broker do.
+                with urllib.request.urlopen(self.api_url + "/readyz", timeout=2):  # noqa: S310
                     return True
-            except urllib.error.HTTPError:
-                return True  # any HTTP answer (401 with auth on) means it serves
+            except urllib.error.HTTPError as err:
+                if err.code != 503:
+                    return True  # it serves, whatever this route says
             except OSError:
                 pass
             self.pump(_TICK)
