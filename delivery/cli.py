@@ -109,6 +109,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from delivery.objects import open_store
     from delivery.preflight import mask_url  # never print the broker password
     from transformers.activity import Activity, Heartbeat, TrackedWorker, worker_name
+    from transformers.isolate import Limits
 
     setup_logging(args.log_format)
     settings = Settings.from_env(**_overrides(args))
@@ -135,7 +136,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
           flush=True)
     logging.getLogger("delivery.worker").info("worker %s consuming %s", activity.name,
                                               settings.queue)
-    TrackedWorker(open_store(settings), reporter, policy, activity=activity).run(broker)
+    TrackedWorker(open_store(settings), reporter, policy, activity=activity,
+                  limits=Limits.from_settings(settings)).run(broker)
     if beat is not None:
         beat.stop()
     broker.close()

@@ -26,6 +26,7 @@ from delivery.logs import current_format
 from delivery.messages import FileReport, FileTask
 from delivery.policy import SourcePolicy
 from transformers.activity import Activity, Heartbeat, worker_name
+from transformers.isolate import Limits
 
 __all__ = ["ProcessPool", "WorkerDied", "ChildSpec"]
 
@@ -75,7 +76,8 @@ def _child_main(conn: Connection, spec: ChildSpec) -> None:
     if spec.log_format is not None:
         setup_logging(spec.log_format)
     # Tracked for the log ids only: the parent's slot keeps this child's activity.
-    worker = TrackedWorker(open_store(spec.settings), _PipeReporter(conn), spec.policy)
+    worker = TrackedWorker(open_store(spec.settings), _PipeReporter(conn), spec.policy,
+                           limits=Limits.from_settings(spec.settings))
     while True:
         message = conn.recv()
         if message is None:

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from delivery.broker.base import DEFAULT_DELIVERY_LIMIT, Broker, Verdict
-from delivery.config import Settings
 from delivery.errors import PermanentError, TransientError
 from delivery.messages import FAILURE, SUCCESS, FileReport, FileTask, file_sha256
 from delivery.objects.base import ObjectStore
@@ -75,8 +74,8 @@ def _scratch_root(base: Path | None) -> Path:
 
 
 class Worker:
-    """``limits`` default to ``DELIVERY_FILE_TIMEOUT`` and ``DELIVERY_WORKER_MEMORY``;
-    ``delivery_limit`` is the broker's (``run`` takes it from the broker)."""
+    """``limits``: per-file time and memory (``Limits.from_settings``; default 600 s, no
+    memory cap); ``delivery_limit`` is the broker's (``run`` takes it from the broker)."""
 
     def __init__(self, objects: ObjectStore, reporter: Reporter, policy: SourcePolicy, *,
                  retries: int = 3, backoff: float = 0.5, patience: float = 600.0,
@@ -92,7 +91,7 @@ class Worker:
         self.patience = patience
         self.scratch = _scratch_root(scratch)
         self.options = options or (lambda fmt: TransformOptions(format=fmt))
-        self.limits = limits if limits is not None else Limits.from_settings(Settings.from_env())
+        self.limits = limits if limits is not None else Limits()
         self.delivery_limit = delivery_limit
         self.stopping = threading.Event()
 
