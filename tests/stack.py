@@ -196,3 +196,14 @@ def _delete_queues(broker: Any) -> None:
     if delete is not None:
         with contextlib.suppress(Exception):
             delete()
+
+
+@contextlib.contextmanager
+def stack_for(request: Any, tmp: Path, roots: list[Path]) -> Iterator[Stack]:
+    """The stack a ``params=["embedded", "real"]`` fixture asks for (``request.param``)."""
+    if request.param == "embedded":
+        with embedded_stack(tmp, roots) as s:
+            yield s
+    else:
+        with real_stack(tmp, roots, request.getfixturevalue("s3_endpoint")) as s:
+            yield s

@@ -13,7 +13,7 @@ from typing import Any
 import awkward as ak
 import pytest
 import uproot
-from stack import Stack, embedded_stack, real_stack
+from stack import Stack, stack_for
 
 from delivery import Client, DeliveryFailed, Query, SelectionError, TransientError, deliver
 from delivery.client import DeliveryStalled, DeliveryStream, TruncatedDownload, verify_size
@@ -37,13 +37,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module", params=["embedded", "real"])
 def stack(request: pytest.FixtureRequest, data_dir: Path,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp(f"client-{request.param}")
-    if request.param == "embedded":
-        with embedded_stack(tmp, [data_dir]) as s:
-            yield s
-    else:
-        with real_stack(tmp, [data_dir], request.getfixturevalue("s3_endpoint")) as s:
-            yield s
+    with stack_for(request, tmp_path_factory.mktemp(f"client-{request.param}"),
+                   [data_dir]) as s:
+        yield s
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from stack import Stack, embedded_stack, real_stack
+from stack import Stack, stack_for
 
 from delivery.messages import FAILURE, SUCCESS, FileReport
 from transformers.generate import generate
@@ -50,13 +50,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module", params=["embedded", "real"])
 def stack(request: pytest.FixtureRequest, data_dir: Path,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp(f"metrics-{request.param}")
-    if request.param == "embedded":
-        with embedded_stack(tmp, [data_dir]) as s:
-            yield s
-    else:
-        with real_stack(tmp, [data_dir], request.getfixturevalue("s3_endpoint")) as s:
-            yield s
+    with stack_for(request, tmp_path_factory.mktemp(f"metrics-{request.param}"),
+                   [data_dir]) as s:
+        yield s
 
 
 def submit(stack: Stack, files: list[str]) -> str:

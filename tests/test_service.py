@@ -15,7 +15,7 @@ from typing import Any
 import awkward as ak
 import pytest
 import uproot
-from stack import Stack, embedded_stack, real_stack
+from stack import Stack, stack_for
 
 from transformers.generate import generate
 
@@ -64,14 +64,8 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Pat
 @pytest.fixture(scope="module", params=["embedded", "real"])
 def stack(request: pytest.FixtureRequest, data_dir: Path,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp(request.param)
-    if request.param == "embedded":
-        with embedded_stack(tmp, [data_dir]) as s:
-            yield s
-    else:
-        endpoint = request.getfixturevalue("s3_endpoint")
-        with real_stack(tmp, [data_dir], endpoint) as s:
-            yield s
+    with stack_for(request, tmp_path_factory.mktemp(request.param), [data_dir]) as s:
+        yield s
 
 
 def submit(stack: Stack, files: list[str] | None = None, *, did: str | None = None,
