@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 __all__ = ["register"]
@@ -26,24 +25,17 @@ def _store(args: argparse.Namespace) -> Any:
     return RequestStore(settings.database_url)
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
-def _missing_name(args: argparse.Namespace) -> bool:
-    return args.action in args.needs_name and not args.name
+def _need_name(args: argparse.Namespace, what: str) -> None:
+    # Errors are ValueErrors: `delivery`'s main prints them as one line and exits 1.
+    if args.action in args.needs_name and not args.name:
+        raise ValueError(f"{args.prog_name} {args.action} needs a {what}")
 
 
 def cmd_users(args: argparse.Namespace) -> int:
-    if _missing_name(args):
-        return _fail(f"users {args.action} needs a user name")
+    _need_name(args, "user name")
     store = _store(args)
     if args.action == "add":
-        try:
-            user = store.create_user(args.name, admin=args.admin)
-        except ValueError as err:
-            return _fail(str(err))
+        user = store.create_user(args.name, admin=args.admin)
         print(f"added {'admin' if user.admin else 'user'} {user.name}")
         return 0
     users = store.list_users()
@@ -56,20 +48,16 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
-    if _missing_name(args):
-        return _fail(f"tokens {args.action} needs a {'token id' if args.action == 'revoke' else 'user name'}")
+    _need_name(args, "token id" if args.action == "revoke" else "user name")
     store = _store(args)
     if args.action == "issue":
-        try:
-            token = store.issue_token(args.name, label=args.label)
-        except ValueError as err:
-            return _fail(str(err))
+        token = store.issue_token(args.name, label=args.label)
         # The only time anyone sees it: put it in servicex.yaml (token:) or DELIVERY_TOKEN.
         print(token)
         return 0
     if args.action == "revoke":
         if not store.revoke_token(args.name):
-            return _fail(f"no live token {args.name!r}")
+            raise ValueError(f"no live token {args.name!r}")
         print(f"revoked {args.name}")
         return 0
     found = store.list_tokens(args.name)
@@ -98,11 +86,11 @@ def register(sub: Any) -> None:
     u.add_argument("action", choices=["add", "list"])
     u.add_argument("name", nargs="?")
     u.add_argument("--admin", action="store_true", help="the user sees every request")
-    u.set_defaults(func=cmd_users, needs_name=("add",))
+    u.set_defaults(func=cmd_users, needs_name=("add",), prog_name="users")
 
     t = sub.add_parser("tokens", parents=[common],
                        help="issue, list or revoke refresh tokens (operators)")
     t.add_argument("action", choices=["issue", "list", "revoke"])
     t.add_argument("name", nargs="?", help="the user (issue, list) or token id (revoke)")
     t.add_argument("--label", help="a note to tell tokens apart, e.g. the laptop's name")
-    t.set_defaults(func=cmd_tokens, needs_name=("issue", "revoke"))
+    t.set_defaults(func=cmd_tokens, needs_name=("issue", "revoke"), prog_name="tokens")
