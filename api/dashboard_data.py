@@ -11,10 +11,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
-
 from api.store.engine import utcnow
-from api.store.schema import requests, results
 from delivery.messages import FAILURE, SUCCESS
 
 __all__ = ["request_list", "request_detail", "workers_view", "client_snippet",
@@ -27,22 +24,6 @@ MAX_POINTS = 400  # of the throughput plot
 
 def _iso(t: datetime | None) -> str | None:
     return t.isoformat() + "Z" if t else None
-
-
-def _totals(store: Any, owner: str | None, request_id: str | None = None) -> dict[str, Any]:
-    query = (select(results.c.request_id, func.sum(results.c.events_out),
-                    func.sum(results.c.events_in), func.sum(results.c.total_bytes),
-                    func.sum(results.c.seconds))
-             .where(results.c.status == SUCCESS).group_by(results.c.request_id))
-    if request_id is not None:
-        query = query.where(results.c.request_id == request_id)
-    elif owner is not None:
-        query = query.join(requests, requests.c.request_id == results.c.request_id) \
-            .where(requests.c.owner == owner)
-    with store._read() as conn:  # the store's read transaction (error mapping, locks)
-        # PostgreSQL's SUM of integers is NUMERIC (Decimal in Python): back to int/float.
-        return {r[0]: (int(r[1] or 0), int(r[2] or 0), int(r[3] or 0), float(r[4] or 0))
-                for r in conn.execute(query)}
 
 
 def _summary(row: Any, totals: tuple[Any, ...] | None, now: datetime) -> dict[str, Any]:
@@ -66,7 +47,7 @@ def request_list(svc: Any, owner: str | None, status: str | None = None) -> list
     if status:
         rows = [r for r in rows if r.status == status]
     rows = rows[::-1][:MAX_REQUESTS]
-    totals = _totals(svc.store, owner)
+    totals = svc.store.success_totals(owner=owner)
     now = utcnow()
     return [_summary(r, totals.get(r.request_id), now) for r in rows]
 
@@ -157,7 +138,7 @@ def request_detail(svc: Any, row: Any, base_url: str,
             "events": r.events_out if r else None, "bytes": r.total_bytes if r else None,
             "error": r.error if r else None, "worker": running.get(fid),
             "time": _iso(r.created_at) if r else None})
-    totals = _totals(svc.store, None, row.request_id).get(row.request_id)
+    totals = svc.store.success_totals(request_id=row.request_id).get(row.request_id)
     return {
         **_summary(row, totals, now),
         "selection": _pretty(row.selection),

@@ -34,7 +34,6 @@ from flask import Blueprint, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
 from delivery.messages import SUCCESS, FileReport
 
@@ -53,15 +52,12 @@ class _Live(Collector):
         self.services = services
 
     def collect(self) -> Iterator[Metric]:
-        from api.store.schema import STATUSES, requests
+        from api.store.schema import STATUSES
 
         svc = self.services
         by_status = GaugeMetricFamily("delivery_requests", "Requests in the store, by status",
                                       labels=["status"])
-        # the store's own read transaction (error mapping, SQLite lock); one GROUP BY
-        with svc.store._read() as conn:
-            found = dict(conn.execute(select(requests.c.status, func.count())
-                                      .group_by(requests.c.status)).all())
+        found = svc.store.status_counts()
         for status in STATUSES:
             by_status.add_metric([status], found.get(status, 0))
         yield by_status

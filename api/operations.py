@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
-
 from api.metrics import Metrics
 from api.workers import WorkerRegistry
 from delivery.messages import FileReport
@@ -38,25 +36,14 @@ def operations(services: Any = None) -> Operations:
     return found
 
 
-def _status_of(store: Any, report: FileReport) -> str | None:
-    from api.store.schema import results
-
-    with store._read() as conn:  # the store's read transaction (error mapping, locks)
-        found = conn.execute(select(results.c.status).where(
-            results.c.request_id == report.request_id,
-            results.c.file_id == report.file_id)).scalar()
-    return None if found is None else str(found)
-
-
 def record_result(services: Any, report: FileReport) -> bool:
     """Record a verdict; count it in the metrics only if the store changed.
 
-    The earlier status is read just before: a success replacing a success is
-    the same file again. (Two *different* first reports of one file racing
-    each other could both count; identical ones, the redelivery case, cannot.)
+    The store reads the file's earlier status under the lock it records with,
+    so a success replacing a success (the same file again) is never counted
+    twice, even when reports race.
     """
-    before = _status_of(services.store, report)
-    changed = bool(services.store.record(report))
+    changed, before = services.store.record_verdict(report)
     if changed:
         operations(services).metrics.count(report, before)
     return changed

@@ -466,3 +466,25 @@ def test_in_memory_sqlite_is_shared_across_threads() -> None:
     run_together(THREADS, lambda i: store.record(ok(rid, i)))
     assert counts(store, rid) == (THREADS, THREADS, 0, 0)
     assert store.get(rid).status == "Complete"  # type: ignore[union-attr]
+
+
+def test_record_verdict_tells_the_status_before_under_the_same_lock(store: RequestStore) -> None:
+    rid = new_request(store, 2)
+    assert store.record_verdict(bad(rid, 0)) == (True, None)
+    assert store.record_verdict(bad(rid, 0)) == (False, "failure")
+    assert store.record_verdict(ok(rid, 0)) == (True, "failure")
+    assert store.record_verdict(ok(rid, 0)) == (False, "success")
+    # Racing first reports of one file: exactly one sees no earlier verdict.
+    answers = run_together(8, lambda i: store.record_verdict(ok(rid, 1, seconds=0.1 * i)))
+    assert sum(before is None for _, before in answers) == 1, answers
+
+
+def test_summaries(store: RequestStore) -> None:
+    a, b = new_request(store, 2, owner="alice"), new_request(store, 2, owner="bob")
+    store.record(ok(a, 0))
+    store.record(ok(a, 1, events_out=5))
+    store.record(bad(b, 0))
+    assert store.status_counts() == {"Complete": 1, "Running": 1}
+    assert store.success_totals(owner="alice") == {a: (25, 100, 2001, 0.5)}
+    assert store.success_totals(owner="bob") == {}
+    assert store.success_totals(request_id=a)[a].events_out == 25

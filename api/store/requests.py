@@ -30,6 +30,7 @@ from api.store.schema import (
     requests,
     results,
 )
+from api.store.summaries import SummaryStore
 from api.store.users import UserStore
 from delivery.messages import FAILURE, SUCCESS, FileReport
 
@@ -63,7 +64,7 @@ def _request(row: Row[Any]) -> RequestRow:
                       remaining=c.remaining)
 
 
-class RequestStore(DatasetStore, UserStore):
+class RequestStore(DatasetStore, UserStore, SummaryStore):
     """The request store on SQLite (``sqlite:///path``) or PostgreSQL (``postgresql://...``).
 
     Creates its tables on construction. Safe to share between threads. Database
@@ -194,7 +195,13 @@ class RequestStore(DatasetStore, UserStore):
         return {r.file_id: r.path for r in rows}
 
     def record(self, report: FileReport) -> bool:
-        """Upsert one file's verdict; returns whether the stored row changed.
+        """Upsert one file's verdict; returns whether the stored row changed (see
+        :meth:`record_verdict`)."""
+        return self.record_verdict(report)[0]
+
+    def record_verdict(self, report: FileReport) -> tuple[bool, str | None]:
+        """Upsert one file's verdict; returns whether the stored row changed and the
+        file's status before, read under the same lock (None: no verdict yet).
 
         Success wins: a failure after a success is ignored, a success after a
         failure replaces it. An identical repeat changes nothing. ``created_at``
@@ -207,7 +214,9 @@ class RequestStore(DatasetStore, UserStore):
         rid = report.request_id
         with self._write() as conn:
             if self._lock_request(conn, rid) is None:
-                return False
+                return False, None
+            before = conn.execute(select(results.c.status).where(
+                results.c.request_id == rid, results.c.file_id == report.file_id)).scalar()
             stamp = self._next_stamp(conn, rid)
             values = {k: getattr(report, k) for k in _VERDICT}
             insert = self._dialect_insert(results).values(
@@ -227,7 +236,7 @@ class RequestStore(DatasetStore, UserStore):
             else:
                 changed = bool(conn.execute(upsert).rowcount)  # sqlite3_changes(): rows written
             self._complete_if_done(conn, rid)
-            return changed
+            return changed, None if before is None else str(before)
 
     def file_done(self, request_id: str, file_id: int) -> bool:
         """Whether the file already has its success row (a redelivery can skip it)."""
