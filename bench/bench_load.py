@@ -142,18 +142,28 @@ def start_worker(stack: Any, logs: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def mid_file(pid: int) -> bool:
-    """Whether worker ``pid`` has a partial output open in its scratch directory."""
+def _children(pid: int) -> list[int]:
     try:
-        fds = os.listdir(f"/proc/{pid}/fd")
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
     except OSError:
-        return False
-    for fd in fds:
+        return []
+
+
+def mid_file(pid: int) -> bool:
+    """Whether worker ``pid``, or the child transforming its file, has a partial output
+    open in the worker's scratch directory."""
+    for holder in (pid, *_children(pid)):
         try:
-            if "/delivery-" in os.readlink(f"/proc/{pid}/fd/{fd}"):
-                return True
+            fds = os.listdir(f"/proc/{holder}/fd")
         except OSError:
             continue
+        for fd in fds:
+            try:
+                if "/delivery-" in os.readlink(f"/proc/{holder}/fd/{fd}"):
+                    return True
+            except OSError:
+                continue
     return False
 
 
