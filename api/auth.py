@@ -108,7 +108,8 @@ def can_see(owner: str | None) -> bool:
 
 
 def require_admin_or_service() -> None:
-    """For operator routes: an admin's access JWT or the workers' service token."""
+    """For operator routes (read-only GETs): an admin's access JWT, as a bearer token or
+    the dashboard's cookie, or the workers' service token."""
     settings = _settings()
     if not settings.auth:
         return
@@ -116,7 +117,8 @@ def require_admin_or_service() -> None:
     service = settings.service_token
     if token and service and hmac.compare_digest(token.encode(), service.encode()):
         return
-    user = g.get("user") or (_verify(token, settings) if token else None)
+    token = token or request.cookies.get(ACCESS_COOKIE)
+    user = _verify(token, settings) if token else None
     if user is None:
         raise Unauthorized("this route needs an admin's access token")
     if not user.admin:

@@ -172,6 +172,14 @@ def test_metrics_need_an_admin_or_the_service_token_with_auth(tmp_path: Path) ->
     answer = client.get("/metrics", headers={"Authorization": f"Bearer {service}"})
     assert answer.status_code == 200
     assert "delivery_files_processed_total 0.0" in answer.get_data(as_text=True)
+    # The dashboard's cookie works too (an admin's Metrics link), for admins only.
+    from api.auth import ACCESS_COOKIE
+
+    for name, code in (("alice", 403), ("root", 200)):
+        client.set_cookie(ACCESS_COOKIE, bearer(name)["Authorization"][7:])
+        assert client.get("/metrics").status_code == code
+    client.set_cookie(ACCESS_COOKIE, "forged")
+    assert client.get("/metrics").status_code == 401
     services.broker.close()
 
 
